@@ -1,0 +1,9 @@
+//! SockJS 0.3 for Kite: a server that lives inside an axum router and a client that dials
+//! WebSocket or XHR polling exactly as the Go kite does.
+//!
+//! Whatever the transport, the layer above sees one [`session::Session`]: a bounded queue of
+//! outgoing messages and a stream of incoming ones.
+
+pub mod session;
+
+pub use session::{Role, Session, SessionInfo, SessionReceiver, SessionSender, Transport};

@@ -1,0 +1,1 @@
+//! The Kite runtime: write, run and call kites.

@@ -1,0 +1,1 @@
+//! Kontrol: the Kite service registry and authority.
