@@ -1,0 +1,1 @@
+//! Authentication: verifying and issuing kite keys and tokens (RS256 JWTs).

@@ -1,0 +1,1 @@
+//! (runtime core: to be written)

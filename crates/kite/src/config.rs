@@ -1,0 +1,1 @@
+//! (configuration and credentials: to be written)
