@@ -3,5 +3,7 @@
 
 pub mod identity;
 pub mod sockjs;
+pub mod version;
 
-pub use identity::{Kite, KontrolQuery};
+pub use identity::{IdentityError, Kite, KontrolQuery, QueryError, QueryMatcher};
+pub use version::{Constraints, Version, VersionError, VersionFilter};
