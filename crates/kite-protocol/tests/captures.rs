@@ -2,6 +2,8 @@
 //! message decodes, and our encoder produces the same requests, responses and callback
 //! invocations as Go.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: reading the wire captures in `tests/vectors/`
 //! and checking Go's messages against our encoder.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -215,11 +215,9 @@ pub fn assert_same_call(ours: &str, go: &str) {
 /// the response callback), as if the caller had passed its own functions there.
 fn callbacks_to_functions(v: &mut Value, next: &mut usize) {
     match v {
-        Value::String(s) => {
-            if parse_callback_marker(s).is_some() {
-                *s = function_marker(*next);
-                *next += 1;
-            }
+        Value::String(s) if parse_callback_marker(s).is_some() => {
+            *s = function_marker(*next);
+            *next += 1;
         }
         Value::Array(a) => a.iter_mut().for_each(|x| callbacks_to_functions(x, next)),
         Value::Object(m) => m.values_mut().for_each(|x| callbacks_to_functions(x, next)),
