@@ -1,6 +1,6 @@
 // A sockjs-node (0.3.x) server for the Rust SockJS client tests.
 //
-// Listens on 127.0.0.1, port 0 (or the port given as the first argument), and prints one
+// Listens on 127.0.0.1, port 0 (HTTPS with `--tls <cert.pem> <key.pem>`), and prints one
 // JSON line {"port": N} once it accepts connections: the readiness signal. After that
 // it prints one JSON line per event the tests may wait for:
 //   {"event":"open","prefix":"/echo","protocol":"websocket"}
@@ -16,7 +16,9 @@
 //            of every request (for cookie jar tests)
 'use strict';
 
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const sockjs = require('sockjs');
 
 const heartbeat = Number(process.env.SOCKJS_HEARTBEAT_MS || 25000);
@@ -63,15 +65,35 @@ const services = [
   }, echo),
 ];
 
-const httpServer = http.createServer((req, res) => {
-  res.writeHead(404, { 'Content-Type': 'text/plain' });
-  res.end('not found\n');
-});
+// Besides SockJS: a test page and the sockjs-client bundle, to check the browser driver.
+const PAGE = '<!doctype html><meta charset="utf-8"><title>sockjs echo</title>' +
+  '<script src="/sockjs.min.js"></script>';
+function handler(req, res) {
+  if (req.method === 'GET' && req.url === '/browser.html') {
+    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    res.end(PAGE);
+  } else if (req.method === 'GET' && req.url === '/sockjs.min.js') {
+    res.writeHead(200, { 'Content-Type': 'application/javascript; charset=utf-8' });
+    res.end(fs.readFileSync(require.resolve('sockjs-client/dist/sockjs.min.js')));
+  } else {
+    res.writeHead(404, { 'Content-Type': 'text/plain' });
+    res.end('not found\n');
+  }
+}
+
+// `--tls <cert.pem> <key.pem>`: serve HTTPS instead of HTTP.
+const tlsAt = process.argv.indexOf('--tls');
+const httpServer = tlsAt >= 0
+  ? https.createServer({
+    cert: fs.readFileSync(process.argv[tlsAt + 1]),
+    key: fs.readFileSync(process.argv[tlsAt + 2]),
+  }, handler)
+  : http.createServer(handler);
 for (const s of services) {
   s.server.installHandlers(httpServer, { prefix: s.prefix });
 }
 
-httpServer.listen(Number(process.argv[2] || 0), '127.0.0.1', () => {
+httpServer.listen(0, '127.0.0.1', () => {
   emit({ port: httpServer.address().port });
 });
 
