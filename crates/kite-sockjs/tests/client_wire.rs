@@ -245,13 +245,16 @@ async fn websocket_batches_and_closes_when_senders_are_dropped() {
 // ---------------------------------------------------------------------------------------
 // XHR polling
 
+/// One scripted poll answer (`None`: never answer).
+type PollAnswer = Option<(StatusCode, &'static str)>;
+
 /// Scripted XHR server: answers the n-th poll from `polls` (a `None` entry never answers),
 /// after the script runs out it echoes what xhr_send received; `send_status` answers
 /// xhr_send.
 #[derive(Clone)]
 struct XhrScript {
     rec: Recorder,
-    polls: Arc<Mutex<std::collections::VecDeque<Option<(StatusCode, &'static str)>>>>,
+    polls: Arc<Mutex<std::collections::VecDeque<PollAnswer>>>,
     sent: Arc<Mutex<Vec<String>>>,
     sent_notify: Arc<Notify>,
     send_status: StatusCode,
@@ -316,10 +319,7 @@ async fn xhr_send_handler(
     script.send_status.into_response()
 }
 
-async fn xhr_server(
-    polls: Vec<Option<(StatusCode, &'static str)>>,
-    send_status: StatusCode,
-) -> (String, XhrScript) {
+async fn xhr_server(polls: Vec<PollAnswer>, send_status: StatusCode) -> (String, XhrScript) {
     let script = XhrScript {
         rec: Recorder::default(),
         polls: Arc::new(Mutex::new(polls.into())),
