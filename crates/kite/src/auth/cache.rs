@@ -78,7 +78,6 @@ impl<V> Cache<V> {
         inner.map.clear();
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.inner
             .read()

@@ -654,10 +654,25 @@ impl Authenticator {
             && not_before.is_none_or(|nb| now_s.saturating_add(self.skew_secs) >= nb)
     }
 
-    #[cfg(test)]
-    fn cached(&self) -> (usize, usize, usize) {
-        (self.tokens.len(), self.kite_keys.len(), self.trusted.len())
+    /// How many entries the caches hold (diagnostics).
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            tokens: self.tokens.len(),
+            kite_keys: self.kite_keys.len(),
+            trust_decisions: self.trusted.len(),
+        }
     }
+}
+
+/// Sizes of an [`Authenticator`]'s caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Verified tokens.
+    pub tokens: usize,
+    /// Verified kite keys.
+    pub kite_keys: usize,
+    /// Trust decisions about Kontrol keys named in kite keys.
+    pub trust_decisions: usize,
 }
 
 fn parse_optional_key(pem: &str) -> Result<Option<Arc<PublicKey>>, KeyError> {
@@ -773,10 +788,18 @@ mod tests {
         let key = issue_kite_key(&pair, "kontrol", "carol", "http://k/kite", now).unwrap();
         assert_eq!(auth.verify_token(&token, &me, now).unwrap(), "bob");
         assert_eq!(auth.verify_kite_key(&key, now).await.unwrap(), "carol");
-        assert_eq!(auth.cached(), (1, 1, 1));
+        let stats = auth.cache_stats();
+        assert_eq!(
+            (stats.tokens, stats.kite_keys, stats.trust_decisions),
+            (1, 1, 1)
+        );
         auth.set_kontrol_user("kontrol");
-        assert_eq!(auth.cached(), (0, 0, 0));
+        let stats = auth.cache_stats();
+        assert_eq!(
+            (stats.tokens, stats.kite_keys, stats.trust_decisions),
+            (0, 0, 0)
+        );
         assert_eq!(auth.verify_token(&token, &me, now).unwrap(), "bob");
-        assert_eq!(auth.cached().0, 1);
+        assert_eq!(auth.cache_stats().tokens, 1);
     }
 }
