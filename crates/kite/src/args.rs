@@ -82,7 +82,7 @@ impl Args {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, KiteError> {
         with_decode_context(&self.conn, || {
             T::deserialize(serde::de::value::SeqDeserializer::new(self.values.iter()))
-                .map_err(|e: serde_json::Error| KiteError::argument(e))
+                .map_err(|e: serde_json::Error| KiteError::argument(e.to_string()))
         })
     }
 

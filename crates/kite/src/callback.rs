@@ -157,7 +157,8 @@ impl RemoteFunction {
         let Some(conn) = self.conn.upgrade() else {
             return Err(KiteError::send("can't send, connection is gone"));
         };
-        let (arguments, functions) = crate::args::to_arguments(args, 0).map_err(KiteError::send)?;
+        let (arguments, functions) =
+            crate::args::to_arguments(args, 0).map_err(|e| KiteError::send(e.to_string()))?;
         conn.send_message(
             wire::OutMethod::Callback(self.id),
             arguments,

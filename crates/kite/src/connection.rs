@@ -441,7 +441,7 @@ impl ConnShared {
             Ok(t) => t,
             Err(e) => {
                 self.unregister(&registered);
-                return Err(KiteError::send(e));
+                return Err(KiteError::send(e.to_string()));
             }
         };
         if self.sender.send(text).await.is_err() {
@@ -596,7 +596,7 @@ async fn serve_request(
         Ok(o) => o,
         Err(e) => {
             if let Some(rc) = rc {
-                conn.reply(rc, Err(KiteError::argument(e)), Vec::new())
+                conn.reply(rc, Err(KiteError::argument(e.to_string())), Vec::new())
                     .await;
             }
             return;
@@ -639,7 +639,7 @@ async fn serve_request(
             None => Err(KiteError::authentication(
                 "No authentication information is provided",
             )),
-            Some(a) => conn.core.authenticate(a, &conn.core.identity()),
+            Some(a) => conn.core.authenticate(a, &conn.core.identity()).await,
         };
         match result {
             Ok(u) => u,

@@ -20,9 +20,8 @@ use tracing::{debug, info};
 
 use crate::callback::RemoteFunction;
 use crate::error::KiteError;
-use crate::protocol::Kite as KiteIdentity;
-use crate::request::{Auth, Request};
-use crate::{Config, Kite};
+use crate::request::Request;
+use crate::Kite;
 
 /// Smallest heartbeat interval accepted (a peer could otherwise make us spin).
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
@@ -82,7 +81,7 @@ pub(crate) fn register(k: &Kite) {
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
-            .map_err(KiteError::generic)?;
+            .map_err(|e| KiteError::generic(e.to_string()))?;
         Ok(text.len())
     });
 }
@@ -97,28 +96,6 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn system_info() -> Value {
-    // Replaced by the auth helper's `system_info` module when it lands.
-    let home = std::env::var("HOME").unwrap_or_default();
-    serde_json::json!({
-        "state": "RUNNING",
-        "diskUsage": 0,
-        "diskTotal": 0,
-        "memoryUsage": 0,
-        "totalMemoryLimit": 0,
-        "homeDir": home,
-        "uname": std::env::consts::OS,
-    })
-}
-
-/// The authenticator used when none was installed.
-pub(crate) fn default_authenticate(
-    _config: &Config,
-    auth: &Auth,
-    _local: &KiteIdentity,
-) -> Result<String, KiteError> {
-    Err(KiteError::authentication(format!(
-        "Unknown authentication type: {}",
-        auth.kind
-    )))
+fn system_info() -> Result<crate::system_info::SystemInfo, KiteError> {
+    crate::system_info::SystemInfo::collect().map_err(|e| KiteError::generic(e.to_string()))
 }

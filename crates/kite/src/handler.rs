@@ -114,7 +114,7 @@ where
 pub fn into_kite_error(e: tower::BoxError) -> KiteError {
     match e.downcast::<KiteError>() {
         Ok(k) => *k,
-        Err(e) => KiteError::generic(e),
+        Err(e) => KiteError::generic(e.to_string()),
     }
 }
 
@@ -250,34 +250,38 @@ impl Method {
     }
 }
 
+/// A boxed future returned by [`Authenticate::authenticate`].
+pub type AuthFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<String, KiteError>> + Send + 'a>>;
+
 /// Decides whether a credential is valid; returns the authenticated username.
 ///
-/// The default authenticator of a kite verifies `kiteKey` and `token` credentials with the
-/// kite's configuration; install another with
+/// The default is the kite's [`crate::auth::Authenticator`] (built-in `kiteKey` and `token`
+/// verifiers, extra verifiers registered by type with
+/// [`Kite::authenticator`](crate::Kite::authenticator)); replace it with
 /// [`Kite::set_authenticator`](crate::Kite::set_authenticator).
 pub trait Authenticate: Send + Sync + 'static {
     /// Verifies `auth` for a request to the kite `local`. The error is sent to the caller as
     /// is (normally `authenticationError` with message `<type>: <reason>`).
-    fn authenticate(
-        &self,
-        auth: &crate::request::Auth,
-        local: &KiteIdentity,
-    ) -> Result<String, KiteError>;
+    fn authenticate<'a>(
+        &'a self,
+        auth: &'a crate::request::Auth,
+        local: &'a KiteIdentity,
+    ) -> AuthFuture<'a>;
 }
 
-impl<F> Authenticate for F
-where
-    F: Fn(&crate::request::Auth, &KiteIdentity) -> Result<String, KiteError>
-        + Send
-        + Sync
-        + 'static,
-{
-    fn authenticate(
-        &self,
-        auth: &crate::request::Auth,
-        local: &KiteIdentity,
-    ) -> Result<String, KiteError> {
-        self(auth, local)
+impl Authenticate for crate::auth::Authenticator {
+    fn authenticate<'a>(
+        &'a self,
+        auth: &'a crate::request::Auth,
+        local: &'a KiteIdentity,
+    ) -> AuthFuture<'a> {
+        Box::pin(async move {
+            crate::auth::Authenticator::authenticate(self, &auth.kind, &auth.key, local)
+                .await
+                .map(|a| a.username)
+                .map_err(|e| KiteError::new(e.error_type(), e.to_string()))
+        })
     }
 }
 

@@ -87,6 +87,7 @@ pub(crate) struct Core {
     hooks: RwLock<Arc<Hooks>>,
     conn_hooks: RwLock<Arc<ConnHooks>>,
     authenticator: RwLock<Option<Arc<dyn Authenticate>>>,
+    default_auth: Arc<crate::auth::Authenticator>,
     /// Accepted connections, for graceful shutdown.
     accepted: Mutex<HashMap<usize, Weak<ConnShared>>>,
     pub(crate) heartbeat: Mutex<Option<tokio::task::AbortHandle>>,
@@ -128,14 +129,14 @@ impl Core {
         read(&self.hooks)
     }
 
-    pub(crate) fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         auth: &Auth,
         local: &KiteIdentity,
     ) -> Result<String, KiteError> {
         match read(&self.authenticator) {
-            Some(a) => a.authenticate(auth, local),
-            None => crate::default_methods::default_authenticate(&self.config(), auth, local),
+            Some(a) => a.authenticate(auth, local).await,
+            None => Authenticate::authenticate(&*self.default_auth, auth, local).await,
         }
     }
 
@@ -194,6 +195,8 @@ pub struct Kite {
     pub limits: Limits,
     /// TLS for the listener (rustls with ring); `None` serves plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// SockJS server settings (prefix `/kite`, heartbeat 10 s, raw WebSocket on...).
+    pub sockjs: kite_sockjs::server::ServerConfig,
     pub(crate) core: Arc<Core>,
 }
 
@@ -240,6 +243,7 @@ impl Kite {
             hooks: RwLock::new(Arc::new(Hooks::default())),
             conn_hooks: RwLock::new(Arc::new(ConnHooks::default())),
             authenticator: RwLock::new(None),
+            default_auth: Arc::new(default_authenticator(&config)),
             accepted: Mutex::new(HashMap::new()),
             heartbeat: Mutex::new(None),
             url: RwLock::new(None),
@@ -250,6 +254,7 @@ impl Kite {
             config,
             limits,
             tls: None,
+            sockjs: kite_sockjs::server::ServerConfig::default(),
             core,
         };
         crate::default_methods::register(&k);
@@ -260,6 +265,21 @@ impl Kite {
     pub(crate) fn sync(&self) {
         *write(&self.core.config) = Arc::new(self.config.clone());
         *write(&self.core.limits) = Arc::new(self.limits.clone());
+        let auth = &self.core.default_auth;
+        if auth.kontrol_user() != self.config.kontrol_user {
+            auth.set_kontrol_user(&self.config.kontrol_user);
+        }
+        if auth.kontrol_key() != self.config.kontrol_key.trim() {
+            if let Err(e) = auth.set_kontrol_key(&self.config.kontrol_key) {
+                tracing::warn!("invalid Kontrol key in the configuration: {e}");
+            }
+        }
+    }
+
+    /// The default authenticator (verifies `kiteKey` and `token`); register verifiers for
+    /// more credential types on it (`sessionID`, ...).
+    pub fn authenticator(&self) -> Arc<crate::auth::Authenticator> {
+        self.core.default_auth.clone()
     }
 
     /// The kite's identity (username, environment and region from the configuration).
@@ -433,6 +453,17 @@ impl Kite {
     pub fn new_client(&self, url: &str) -> Client {
         self.sync();
         Client::new(self.core.clone(), url.to_string())
+    }
+}
+
+fn default_authenticator(config: &Config) -> crate::auth::Authenticator {
+    match crate::auth::Authenticator::from_config(config) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("invalid Kontrol key in the configuration: {e}");
+            crate::auth::Authenticator::new(crate::auth::AuthSettings::default())
+                .expect("an authenticator without a Kontrol key always builds")
+        }
     }
 }
 

@@ -139,7 +139,7 @@ impl Kite {
     /// `/kite/websocket`) plus the added routes. Use it to serve the kite yourself.
     pub fn router(&self) -> Router {
         self.sync();
-        let base = crate::transport::sockjs_router(&self.core);
+        let base = crate::transport::sockjs_router(self);
         match lock(&self.core.server.routes).clone() {
             Some(extra) => base.merge(extra),
             None => base,

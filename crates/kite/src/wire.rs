@@ -342,27 +342,7 @@ pub(crate) fn response(mut arguments: Vec<Value>) -> Result<Value, crate::KiteEr
     if err.is_null() {
         return Ok(result);
     }
-    Err(error_from_value(err))
-}
-
-fn error_from_value(err: Value) -> crate::KiteError {
-    let text = |v: Option<&Value>| match v {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Null) | None => None,
-        Some(other) => Some(other.to_string()),
-    };
-    match &err {
-        Value::Object(o) => crate::KiteError {
-            kind: text(o.get("type"))
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| crate::error::types::GENERIC.to_string()),
-            message: text(o.get("message")).unwrap_or_else(|| err.to_string()),
-            code: text(o.get("code")).unwrap_or_default(),
-            id: text(o.get("id")).unwrap_or_default(),
-        },
-        Value::String(s) => crate::KiteError::generic(s),
-        other => crate::KiteError::generic(other.to_string()),
-    }
+    Err(crate::KiteError::from_value(&err))
 }
 
 #[cfg(test)]
