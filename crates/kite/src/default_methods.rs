@@ -69,7 +69,7 @@ pub(crate) fn register(k: &Kite) {
     });
     k.handle_func(
         "kite.systemInfo",
-        |_r: Request| async move { Ok(system_info()) },
+        |_r: Request| async move { system_info() },
     );
     k.handle_func("kite.log", |r: Request| async move {
         let message: String = r.args().one()?;
