@@ -71,14 +71,14 @@ pub async fn serve(mut k: Kite) -> Served {
 }
 
 pub fn math_kite() -> Kite {
-    let mut k = Kite::new("math", "1.0.0").unwrap();
+    let mut k = Kite::new("math", "1.0.0").expect("kite");
     k.config.disable_authentication = true;
     math_methods(&k);
     k
 }
 
 pub fn client_kite(transport: kite::Transport) -> Kite {
-    let mut k = Kite::new("client", "1.0.0").unwrap();
+    let mut k = Kite::new("client", "1.0.0").expect("kite");
     k.config.transport = transport;
     k
 }
