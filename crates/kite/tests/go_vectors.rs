@@ -24,7 +24,11 @@ fn frames(capture: &str) -> Vec<(bool, String)> {
         }
         let client = line.contains("C->S");
         let empty = line.ends_with("(0 bytes)");
-        let payload = if empty { String::new() } else { lines.next().unwrap_or("").to_string() };
+        let payload = if empty {
+            String::new()
+        } else {
+            lines.next().unwrap_or("").to_string()
+        };
         out.push((client, payload));
     }
     out
@@ -39,7 +43,10 @@ fn load(name: &str) -> String {
 fn messages(frame: &str) -> Vec<Value> {
     let array = frame.strip_prefix('a').unwrap_or(frame);
     let texts: Vec<String> = serde_json::from_str(array).unwrap();
-    texts.iter().map(|t| serde_json::from_str(t).unwrap()).collect()
+    texts
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect()
 }
 
 /// JSON numbers compared by value (Go writes `49` where serde writes `49.0`).
@@ -86,7 +93,9 @@ async fn replay_against(url: &str, capture: &str) {
     let mut expected = Vec::new();
     for (client, payload) in &frames {
         if *client {
-            ws.send(WsMessage::Text(payload.clone().into())).await.unwrap();
+            ws.send(WsMessage::Text(payload.clone().into()))
+                .await
+                .unwrap();
         } else if payload.starts_with('a') {
             expected.extend(messages(payload).into_iter().map(normalize));
         }
@@ -132,7 +141,10 @@ async fn our_server_answers_like_go() {
 
 /// A fake server built on the SockJS router: records what the client sends and answers
 /// with the captured server frames.
-async fn fake_go_server(capture: String, seen: Arc<Mutex<Vec<Value>>>) -> (String, tokio::task::JoinHandle<()>) {
+async fn fake_go_server(
+    capture: String,
+    seen: Arc<Mutex<Vec<Value>>>,
+) -> (String, tokio::task::JoinHandle<()>) {
     let replies: Vec<String> = frames(&capture)
         .into_iter()
         .filter(|(c, p)| !*c && p.starts_with('a'))
@@ -141,20 +153,25 @@ async fn fake_go_server(capture: String, seen: Arc<Mutex<Vec<Value>>>) -> (Strin
             texts
         })
         .collect();
-    let app = kite_sockjs::server::router(kite_sockjs::server::ServerConfig::default(), move |session| {
-        let replies = replies.clone();
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let (tx, mut rx) = session.split();
-            if let Some(first) = rx.recv().await {
-                seen.lock().unwrap().push(serde_json::from_str(&first).unwrap());
-                for r in replies {
-                    tx.send(r).await.unwrap();
+    let app = kite_sockjs::server::router(
+        kite_sockjs::server::ServerConfig::default(),
+        move |session| {
+            let replies = replies.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (tx, mut rx) = session.split();
+                if let Some(first) = rx.recv().await {
+                    seen.lock()
+                        .unwrap()
+                        .push(serde_json::from_str(&first).unwrap());
+                    for r in replies {
+                        tx.send(r).await.unwrap();
+                    }
                 }
-            }
-            while rx.recv().await.is_some() {}
-        });
-    });
+                while rx.recv().await.is_some() {}
+            });
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -178,7 +195,13 @@ struct CountdownArg {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_sends_like_go() {
     for transport in [Transport::WebSocket, Transport::XhrPolling] {
-        for name in ["square_noauth", "echo_args", "countdown_callbacks", "missing_method", "kite_ping"] {
+        for name in [
+            "square_noauth",
+            "echo_args",
+            "countdown_callbacks",
+            "missing_method",
+            "kite_ping",
+        ] {
             let capture = load(name);
             let seen = Arc::new(Mutex::new(Vec::new()));
             let (url, task) = fake_go_server(capture.clone(), seen.clone()).await;
@@ -190,13 +213,17 @@ async fn our_client_sends_like_go() {
             let result = match name {
                 "square_noauth" => c.tell("square", &(7,)).await,
                 "echo_args" => {
-                    c.tell("echo", &serde_json::json!([1, "two", {"three": 3}, [4], null, true]))
-                        .await
+                    c.tell(
+                        "echo",
+                        &serde_json::json!([1, "two", {"three": 3}, [4], null, true]),
+                    )
+                    .await
                 }
                 "countdown_callbacks" => {
                     let t = ticks.clone();
                     let on_tick = Function::new(move |a| t.lock().unwrap().push(a.raw().to_vec()));
-                    c.tell("countdown", &(CountdownArg { from: 3, on_tick },)).await
+                    c.tell("countdown", &(CountdownArg { from: 3, on_tick },))
+                        .await
                 }
                 "missing_method" => c.tell("nosuchmethod", &(1,)).await,
                 _ => c.tell("kite.ping", &()).await,
@@ -216,7 +243,14 @@ async fn our_client_sends_like_go() {
                 ),
                 "countdown_callbacks" => {
                     assert_eq!(result.unwrap().as_str(), Some("done"));
-                    assert_eq!(*ticks.lock().unwrap(), vec![vec![serde_json::json!(3)], vec![serde_json::json!(2)], vec![serde_json::json!(1)]]);
+                    assert_eq!(
+                        *ticks.lock().unwrap(),
+                        vec![
+                            vec![serde_json::json!(3)],
+                            vec![serde_json::json!(2)],
+                            vec![serde_json::json!(1)]
+                        ]
+                    );
                 }
                 "missing_method" => {
                     let e = result.unwrap_err();
