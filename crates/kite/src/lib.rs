@@ -3,6 +3,40 @@
 //! A kite is a named, versioned service whose methods other kites (Go kites, kite.js in
 //! browsers or Node, other Rust kites) call over SockJS, with callbacks in both directions.
 //! This crate is wire-compatible with koding/kite (Go) and kite.js 1.0.13.
+//!
+//! # Quick start
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut k = kite::Kite::new("math", "1.0.0")?;
+//! k.config.disable_authentication = true;
+//! k.config.ip = "127.0.0.1".into(); // port 0: ephemeral
+//! k.handle_func("square", |r: kite::Request| async move { let a: f64 = r.args().one()?; Ok(a * a) });
+//! k.listen().await?;
+//! let url = k.url().unwrap();
+//! let handle = k.shutdown_handle();
+//! tokio::spawn(async move { k.serve().await });
+//!
+//! let client = kite::Kite::new("second", "1.0.0")?.new_client(&url);
+//! client.dial().await?;
+//! assert_eq!(client.tell("square", &(4,)).await?.as_f64(), Some(16.0));
+//! handle.shutdown();
+//! # Ok(()) }
+//! ```
+//!
+//! # Map of the crate
+//!
+//! * [`Kite`]: identity, configuration ([`Config`], [`Limits`]), methods
+//!   ([`Kite::handle_func`], tower services and layers), serving ([`Kite::listen`],
+//!   [`Kite::serve`], [`Kite::run`], [`Kite::close`]), clients ([`Kite::new_client`]).
+//! * [`Request`]: what a handler gets: id, method, username, caller identity, typed
+//!   [`Args`], the caller's [`Connection`] to call back.
+//! * [`Client`] / [`Connection`]: `dial`, `dial_forever`, `tell`, `go`, hooks.
+//! * [`Function`] / [`RemoteFunction`]: callbacks as arguments, both directions.
+//! * [`KiteError`]: every error of PROTOCOL.md 4.4, local ones included.
+//! * [`auth`], [`config`], [`kitekey`], [`system_info`]: credentials and configuration.
+//!
+//! Limits and defaults are listed in the crate README and on [`Limits`].
 
 pub mod args;
 pub mod auth;
