@@ -5,6 +5,7 @@
 //! outgoing messages and a stream of incoming ones.
 
 pub mod client;
+pub mod server;
 pub mod session;
 
 pub use session::{Role, Session, SessionInfo, SessionReceiver, SessionSender, Transport};

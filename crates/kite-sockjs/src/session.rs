@@ -322,87 +322,36 @@ impl TransportSide {
     pub async fn receiver_closed(&self) {
         self.inbound.closed().await
     }
-}
 
-impl TransportSide {
-    /// Separates the outgoing and the incoming half, so that writing and reading can make
-    /// progress independently (a transport blocked delivering to a slow receiver must still
-    /// drain the outgoing queue, or two peers can deadlock).
-    pub fn split(self) -> (OutboundHalf, InboundHalf) {
-        (
-            OutboundHalf {
-                outbound: self.outbound,
-                info: self.info.clone(),
-            },
-            InboundHalf {
-                inbound: self.inbound,
-                info: self.info,
-            },
-        )
-    }
-}
-
-/// The outgoing half of a [`TransportSide`] (from [`TransportSide::split`]). Dropping it
-/// tells every [`SessionSender`] that the session is closed.
-#[derive(Debug)]
-pub struct OutboundHalf {
-    outbound: mpsc::Receiver<Outbound>,
-    info: Arc<SessionInfo>,
-}
-
-impl OutboundHalf {
-    /// Facts about the session.
-    pub fn info(&self) -> &SessionInfo {
-        &self.info
-    }
-
-    /// Same as [`TransportSide::next_batch`].
-    pub async fn next_batch(&mut self, batch: &mut Vec<Outbound>, max: usize) -> bool {
-        let max = max.max(1);
-        match self.outbound.recv().await {
-            None => return false,
-            Some(first) => batch.push(first),
-        }
-        self.try_batch(batch, max);
-        true
-    }
-
-    /// Same as [`TransportSide::try_batch`].
-    pub fn try_batch(&mut self, batch: &mut Vec<Outbound>, max: usize) {
-        while batch.len() < max.max(1) {
-            match self.outbound.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
+    /// A handle that delivers incoming messages independently of this `TransportSide`, so a
+    /// transport can wait for room in the incoming queue while it keeps draining outgoing
+    /// messages (both at once), or deliver from another task (e.g. an HTTP `xhr_send`).
+    /// The user's receiver ends only once the `TransportSide` and every `Deliverer` are gone.
+    pub fn deliverer(&self) -> Deliverer {
+        Deliverer {
+            inbound: self.inbound.clone(),
         }
     }
 }
 
-/// The incoming half of a [`TransportSide`] (from [`TransportSide::split`]). Dropping it
-/// ends the user's [`SessionReceiver`] (it yields `None` after the queued messages).
-#[derive(Debug)]
-pub struct InboundHalf {
+/// Delivers incoming messages of one session; see [`TransportSide::deliverer`].
+#[derive(Debug, Clone)]
+pub struct Deliverer {
     inbound: mpsc::Sender<String>,
-    info: Arc<SessionInfo>,
 }
 
-impl InboundHalf {
-    /// Facts about the session.
-    pub fn info(&self) -> &SessionInfo {
-        &self.info
-    }
-
-    /// Same as [`TransportSide::deliver`].
+impl Deliverer {
+    /// Delivers one incoming message, waiting while the receiver's queue is full.
     pub async fn deliver(&self, message: String) -> Result<(), ReceiverGone> {
         self.inbound.send(message).await.map_err(|_| ReceiverGone)
     }
 
-    /// Same as [`TransportSide::receiver_gone`].
+    /// Whether the user has dropped or closed the receiving half.
     pub fn receiver_gone(&self) -> bool {
         self.inbound.is_closed()
     }
 
-    /// Same as [`TransportSide::receiver_closed`].
+    /// Completes when the user has dropped or closed the receiving half.
     pub async fn receiver_closed(&self) {
         self.inbound.closed().await
     }
