@@ -499,3 +499,58 @@ async fn auto_falls_back_on_http_status() {
     assert_eq!(recv(&mut rx).await.as_deref(), Some("fallback"));
     assert!(script.rec.all().iter().all(|s| s.route != "websocket"));
 }
+
+#[tokio::test]
+async fn dropping_the_receiver_closes_the_session() {
+    let rec = Recorder::default();
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let url = serve(ws_app(rec.clone(), frames_tx, false)).await;
+    let (tx, rx) = connect(&url, &ClientConfig::default())
+        .await
+        .unwrap()
+        .split();
+    drop(rx);
+    tokio::time::timeout(DEADLINE, tx.closed()).await.unwrap();
+    assert!(tx.send("late".into()).await.is_err());
+    // The server sees the connection go (a close frame or the end of the stream).
+    let next = tokio::time::timeout(DEADLINE, frames.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&next, Message::Close(_)) || next == Message::Text("<eof>".into()),
+        "{next:?}"
+    );
+
+    // Same over XHR polling: the client stops polling and sending.
+    let ok = StatusCode::OK;
+    let (url, _script) = xhr_server(vec![Some((ok, "o\n"))], StatusCode::NO_CONTENT).await;
+    let (tx, rx) = connect(&url, &xhr_config()).await.unwrap().split();
+    drop(rx);
+    tokio::time::timeout(DEADLINE, tx.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn go_servers_empty_frame_ends_the_session() {
+    // What a Go server writes before dropping TCP: an empty text frame. The connection
+    // stays open here, so only the frame itself can end the session.
+    let app = Router::new().route(
+        "/kite/{s}/{t}/websocket",
+        any(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket| async move {
+                for frame in ["o", r#"a["x"]"#, ""] {
+                    socket.send(Message::Text(frame.into())).await.unwrap();
+                }
+                while let Some(Ok(_)) = socket.recv().await {}
+            })
+        }),
+    );
+    let url = serve(app).await;
+    let (tx, mut rx) = connect(&url, &ClientConfig::default())
+        .await
+        .unwrap()
+        .split();
+    assert_eq!(recv(&mut rx).await.as_deref(), Some("x"));
+    assert_eq!(recv(&mut rx).await, None);
+    tokio::time::timeout(DEADLINE, tx.closed()).await.unwrap();
+}

@@ -453,7 +453,7 @@ fn key_formats() {
 
 #[test]
 fn generated_pairs_have_go_pem_shapes() {
-    let pair = KeyPair::generate(kite::auth::DEFAULT_KEY_BITS).unwrap();
+    let pair = KeyPair::generate_default().unwrap();
     assert_eq!(pair.public_key().bits(), 2048);
     let public = pair.public_pem();
     assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"));

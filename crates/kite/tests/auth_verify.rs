@@ -911,3 +911,16 @@ async fn custom_audience_rule() {
         "token: wrong audience /"
     );
 }
+
+#[test]
+fn shareable_types() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Authenticator>();
+    assert_send_sync::<KeyPair>();
+    assert_send_sync::<AuthError>();
+    fn assert_send<T: Send>(_: &T) {}
+    let auth = auth();
+    let local = math();
+    let fut = auth.authenticate("token", "x", &local);
+    assert_send(&fut);
+}

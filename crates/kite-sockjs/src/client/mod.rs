@@ -82,7 +82,8 @@ pub struct ClientConfig {
     /// jar between clients for sticky load balancers. Default: a new empty jar.
     pub cookies: Arc<CookieJar>,
     /// TLS settings for `https://` URLs. `None`: the webpki root certificates with rustls'
-    /// ring provider. A custom configuration should not offer `h2` through ALPN.
+    /// ring provider. ALPN is restricted to `http/1.1` if a custom configuration offers
+    /// other protocols (SockJS needs HTTP/1.1).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// `User-Agent` header of every HTTP request. Default: `kite-rs/<version>`.
     pub user_agent: String,

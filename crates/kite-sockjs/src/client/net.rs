@@ -212,6 +212,13 @@ pub(crate) async fn connect_stream(
         return Ok(MaybeTlsStream::Plain(tcp));
     }
     let config = match tls {
+        // SockJS needs HTTP/1.1 (WebSocket upgrade, hyper's HTTP/1 client): never let a
+        // custom configuration negotiate h2 through ALPN.
+        Some(config) if config.alpn_protocols.iter().any(|p| p != b"http/1.1") => {
+            let mut config = (**config).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        }
         Some(config) => config.clone(),
         None => default_tls_config()?,
     };

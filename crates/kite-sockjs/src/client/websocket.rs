@@ -9,7 +9,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::net::{connect_stream, MaybeTlsStream, Target};
 use super::{encode_batch, session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
-use crate::session::{InboundHalf, OutboundHalf, Role, Session, SessionInfo, Transport};
+use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
 
 type Ws = WebSocketStream<MaybeTlsStream>;
 
@@ -90,15 +90,15 @@ pub(super) async fn connect(
 
     let info = SessionInfo::new(session_id, Transport::WebSocket, Role::Dialed, peer);
     let (session, side) = Session::pair(info, config.outgoing_queue, config.incoming_queue);
-    let (outbound, inbound) = side.split();
-    tokio::spawn(run(ws, outbound, inbound, config.max_batch_bytes));
+    let inbound = side.deliverer();
+    tokio::spawn(run(ws, side, inbound, config.max_batch_bytes));
     Ok(session)
 }
 
 /// The session's I/O: reading and writing run side by side; when either ends, the
 /// connection is dropped and both halves of the session are closed.
-async fn run(ws: Ws, outbound: OutboundHalf, inbound: InboundHalf, max_batch_bytes: usize) {
-    let id = inbound.info().id().to_string();
+async fn run(ws: Ws, outbound: TransportSide, inbound: Deliverer, max_batch_bytes: usize) {
+    let id = outbound.info().id().to_string();
     let (sink, stream) = ws.split();
     let why = tokio::select! {
         why = read_loop(stream, &inbound) => why,
@@ -109,7 +109,7 @@ async fn run(ws: Ws, outbound: OutboundHalf, inbound: InboundHalf, max_batch_byt
 
 async fn read_loop(
     mut stream: futures_util::stream::SplitStream<Ws>,
-    inbound: &InboundHalf,
+    inbound: &Deliverer,
 ) -> String {
     loop {
         let message = tokio::select! {
@@ -148,7 +148,7 @@ async fn read_loop(
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
-    mut outbound: OutboundHalf,
+    mut outbound: TransportSide,
     max_batch_bytes: usize,
 ) -> String {
     let mut batch = Vec::with_capacity(16);

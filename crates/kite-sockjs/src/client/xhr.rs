@@ -20,7 +20,7 @@ use tokio::task::AbortHandle;
 
 use super::net::{connect_stream, Target};
 use super::{encode_batch, session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
-use crate::session::{InboundHalf, OutboundHalf, Role, Session, SessionInfo, Transport};
+use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
 
 /// Settings shared by both lanes of one session.
 struct Shared {
@@ -199,9 +199,9 @@ pub(super) async fn connect(
         poll_lane.peer,
     );
     let (session, side) = Session::pair(info, config.outgoing_queue, config.incoming_queue);
-    let (outbound, inbound) = side.split();
+    let inbound = side.deliverer();
     let send_lane = Lane::new(shared);
-    tokio::spawn(run(paths, poll_lane, send_lane, outbound, inbound, rest));
+    tokio::spawn(run(paths, poll_lane, send_lane, side, inbound, rest));
     Ok(session)
 }
 
@@ -214,11 +214,11 @@ async fn run(
     paths: Arc<Paths>,
     poll_lane: Lane,
     send_lane: Lane,
-    outbound: OutboundHalf,
-    inbound: InboundHalf,
+    outbound: TransportSide,
+    inbound: Deliverer,
     first: Bytes,
 ) {
-    let id = inbound.info().id().to_string();
+    let id = outbound.info().id().to_string();
     let why = tokio::select! {
         why = poll_loop(&paths.xhr, poll_lane, &inbound, first) => why,
         why = send_loop(&paths.xhr_send, send_lane, outbound) => why,
@@ -235,7 +235,7 @@ enum Polled {
 }
 
 /// Delivers the frames of one poll body (normally exactly one frame and `\n`).
-async fn handle_body(body: &[u8], inbound: &InboundHalf) -> Polled {
+async fn handle_body(body: &[u8], inbound: &Deliverer) -> Polled {
     let Ok(text) = std::str::from_utf8(body) else {
         return Polled::Ended("protocol error: poll response is not UTF-8".into());
     };
@@ -258,7 +258,7 @@ async fn handle_body(body: &[u8], inbound: &InboundHalf) -> Polled {
     Polled::Continue
 }
 
-async fn poll_loop(path: &str, mut lane: Lane, inbound: &InboundHalf, first: Bytes) -> String {
+async fn poll_loop(path: &str, mut lane: Lane, inbound: &Deliverer, first: Bytes) -> String {
     if let Polled::Ended(why) = handle_body(&first, inbound).await {
         return why;
     }
@@ -297,7 +297,7 @@ async fn poll_loop(path: &str, mut lane: Lane, inbound: &InboundHalf, first: Byt
     }
 }
 
-async fn send_loop(path: &str, mut lane: Lane, mut outbound: OutboundHalf) -> String {
+async fn send_loop(path: &str, mut lane: Lane, mut outbound: TransportSide) -> String {
     let max_batch_bytes = lane.shared.config.max_batch_bytes;
     let send_timeout = lane.shared.config.poll_timeout;
     let mut batch = Vec::with_capacity(16);
