@@ -507,7 +507,6 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                biased;
                 more = side.next_batch(&mut batch, p.max_batch) => {
                     if !more {
                         break go_away();
