@@ -397,3 +397,21 @@ async fn hixie76_handshake_and_frames() {
     tcp.read_exact(&mut frame).await.unwrap();
     assert_eq!(&frame, b"\x00a[\"hi\"]\xff");
 }
+
+#[tokio::test]
+async fn dropping_the_receiver_flushes_then_closes() {
+    let addr = start(config(), |session: Session| {
+        let (tx, rx) = session.split();
+        tx.try_send("queued".into()).unwrap();
+        drop(rx);
+        tokio::spawn(async move {
+            tx.closed().await;
+        });
+    })
+    .await;
+    let mut ws = ws_connect(addr, &ws_path(&sid())).await;
+    assert_eq!(ws_text(&mut ws).await, "o");
+    assert_eq!(ws_text(&mut ws).await, "a[\"queued\"]");
+    assert_eq!(ws_text(&mut ws).await, "c[3000,\"Go away!\"]");
+    ws_closed(&mut ws).await;
+}
