@@ -415,3 +415,19 @@ async fn dropping_the_receiver_flushes_then_closes() {
     assert_eq!(ws_text(&mut ws).await, "c[3000,\"Go away!\"]");
     ws_closed(&mut ws).await;
 }
+
+#[tokio::test]
+async fn large_messages_cross_the_small_read_buffer() {
+    let addr = start(config(), echo).await;
+    let mut ws = ws_connect(addr, &ws_path(&sid())).await;
+    assert_eq!(ws_text(&mut ws).await, "o");
+    let big: String = (0..1_000_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let started = std::time::Instant::now();
+    ws_send(&mut ws, &format!("[\"{big}\"]")).await;
+    let frame = ws_text(&mut ws).await;
+    let msgs: Vec<String> = serde_json::from_str(frame.strip_prefix('a').unwrap()).unwrap();
+    assert_eq!(msgs, [big]);
+    println!("1 MB echo over SockJS WebSocket: {:?}", started.elapsed());
+}
