@@ -1,6 +1,7 @@
 //! kite.js 1.0.13's browser bundle in headless Chromium calls a Rust kite over SockJS
 //! WebSocket, SockJS XHR polling and raw WebSocket. The page and the bundle are served by
 //! the kite itself (extra routes next to SockJS).
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Runs the example programs (built by `cargo test`) and drives the `math` example with
 //! real peers: our own example clients and kite.js 1.0.13 in Node over SockJS WebSocket,
 //! XHR polling and raw WebSocket.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Against the Go captures (tests/vectors/, copied from the shared wire captures): our
 //! server answers each captured request as the Go server did, and our client sends requests
 //! semantically equal to the Go client's.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Rust client ↔ Rust server over real sockets (SockJS WebSocket and XHR polling).
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod common;
 
