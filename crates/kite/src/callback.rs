@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::args::Args;
 use crate::connection::ConnShared;
 use crate::error::KiteError;
-use crate::wire;
+use kite_protocol::dnode::{function_marker, parse_callback_marker, Method};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 type Callable = dyn Fn(Args) -> BoxFuture + Send + Sync + 'static;
@@ -95,7 +95,7 @@ impl Serialize for Function {
             })
         });
         match index {
-            Some(n) => serializer.serialize_str(&wire::function_marker(n)),
+            Some(n) => serializer.serialize_str(&function_marker(n)),
             None => Err(S::Error::custom(
                 "a kite Function can only be serialized as arguments or results of kite calls",
             )),
@@ -160,7 +160,7 @@ impl RemoteFunction {
         let (arguments, functions) =
             crate::args::to_arguments(args, 0).map_err(|e| KiteError::send(e.to_string()))?;
         conn.send_message(
-            wire::OutMethod::Callback(self.id),
+            Method::Callback(self.id),
             arguments,
             functions
                 .into_iter()
@@ -185,7 +185,7 @@ impl fmt::Debug for RemoteFunction {
 impl<'de> Deserialize<'de> for RemoteFunction {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
-        let Some(id) = wire::parse_callback_marker(&s) else {
+        let Some(id) = parse_callback_marker(&s) else {
             return Err(D::Error::custom(format!(
                 "expected a function, found {s:?}"
             )));
@@ -218,7 +218,7 @@ mod tests {
         let (v, list) = to_value_collecting(&(1, f.clone(), [f]), 1).unwrap();
         assert_eq!(
             v,
-            serde_json::json!([1, wire::function_marker(1), [wire::function_marker(2)]])
+            serde_json::json!([1, function_marker(1), [function_marker(2)]])
         );
         assert_eq!(list.len(), 2);
         assert!(serde_json::to_value(Function::new(|_| {})).is_err());

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -31,7 +31,8 @@ use crate::kite::Core;
 use crate::protocol::Kite as KiteIdentity;
 use crate::request::{Auth, Request, RequestInner};
 use crate::settings::Limits;
-use crate::wire::{self, MethodRef, OutMethod};
+use kite_protocol::dnode::{self, Callbacks, Message, Method};
+use kite_protocol::envelope;
 use kite_sockjs::session::{Role, Session, SessionInfo, SessionReceiver, SessionSender};
 
 /// A local callback registered on a connection.
@@ -45,6 +46,7 @@ pub(crate) enum LocalCallback {
 
 #[derive(Default)]
 struct Table {
+    /// Next callback id (never reused on a connection).
     next_id: u64,
     entries: HashMap<u64, LocalCallback>,
     user_order: VecDeque<u64>,
@@ -317,34 +319,15 @@ impl ConnShared {
         let auth = match self.auth.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
-        };
-        let mut options = Map::new();
-        options.insert(
-            "kite".into(),
-            serde_json::to_value(&identity).unwrap_or(Value::Null),
-        );
-        options.insert(
-            "authentication".into(),
-            match auth {
-                Some(a) => serde_json::to_value(a).unwrap_or(Value::Null),
-                None => Value::Null,
-            },
-        );
-        options.insert(
-            "responseCallback".into(),
-            Value::String(wire::function_marker(0)),
-        );
-        options.insert("withArgs".into(), Value::Array(with_args));
+        }
+        .map(|a| envelope::Authentication::new(a.kind, a.key));
+        let arguments = envelope::encode_request(&identity, auth.as_ref(), with_args, 0);
         let (tx, rx) = oneshot::channel();
         let mut locals = Vec::with_capacity(functions.len() + 1);
         locals.push(LocalCallback::Response(tx));
         locals.extend(functions.into_iter().map(LocalCallback::User));
         let response_id = self
-            .send_message_ids(
-                OutMethod::Name(method),
-                vec![Value::Object(options)],
-                locals,
-            )
+            .send_message_ids(Method::Name(method.to_string()), arguments, locals)
             .await?
             .ok_or_else(|| KiteError::send("response callback was not registered"))?;
         let arguments = match timeout {
@@ -360,7 +343,7 @@ impl ConnShared {
         let Ok(arguments) = arguments else {
             return Err(KiteError::disconnect());
         };
-        let value = wire::response(arguments)?;
+        let value = envelope::decode_response(Value::Array(arguments))?;
         Ok(Response::new(value, self.weak()))
     }
 
@@ -368,45 +351,47 @@ impl ConnShared {
     /// `locals`.
     pub(crate) async fn send_message(
         &self,
-        method: OutMethod<'_>,
+        method: Method,
         arguments: Vec<Value>,
         locals: Vec<LocalCallback>,
     ) -> Result<(), KiteError> {
-        self.send_message_ids(method, arguments, locals)
+        self.send_message_ids(method, Value::Array(arguments), locals)
             .await
             .map(|_| ())
     }
 
     /// Like `send_message`; returns the id given to the response callback, if any.
+    /// `arguments` is the message's arguments array; function markers inside index
+    /// `locals`.
     async fn send_message_ids(
         &self,
-        method: OutMethod<'_>,
-        mut arguments: Vec<Value>,
+        method: Method,
+        mut arguments: Value,
         locals: Vec<LocalCallback>,
     ) -> Result<Option<u64>, KiteError> {
         if self.closed.is_cancelled() {
             return Err(KiteError::send("can't send, connection is closed"));
         }
-        let scrubbed = wire::scrub(&mut arguments);
         let mut locals: Vec<Option<LocalCallback>> = locals.into_iter().map(Some).collect();
-        let mut callbacks = Map::new();
-        let mut registered = Vec::with_capacity(scrubbed.len());
+        let mut callbacks = Callbacks::new();
+        let mut registered = Vec::new();
         let mut response_id = None;
         {
             let mut table = lock(&self.table);
+            let scrubbed = dnode::scrub(&mut arguments, &mut table.next_id);
+            registered.reserve(scrubbed.len());
             for s in scrubbed {
-                let cb = match locals.get_mut(s.function) {
+                let cb = match locals.get_mut(s.marker) {
                     Some(slot @ Some(LocalCallback::Response(_))) => slot.take(),
                     Some(Some(LocalCallback::User(f))) => Some(LocalCallback::User(f.clone())),
                     _ => None,
                 };
                 let Some(cb) = cb else {
-                    // A marker without a function (forged or repeated): leave "[Function]"
+                    // A marker without a function (forged or repeated): "[Function]"
                     // without a callback entry.
                     continue;
                 };
-                let id = table.next_id;
-                table.next_id += 1;
+                let id = s.id;
                 match &cb {
                     LocalCallback::Response(_) => {
                         if table.pending >= self.limits.max_pending_calls {
@@ -433,17 +418,10 @@ impl ConnShared {
                 }
                 table.entries.insert(id, cb);
                 registered.push(id);
-                let path = serde_json::to_value(&s.path).unwrap_or(Value::Null);
-                callbacks.insert(id.to_string(), path);
+                callbacks.push(id, s.path);
             }
         }
-        let text = match wire::encode(method, &arguments, &callbacks) {
-            Ok(t) => t,
-            Err(e) => {
-                self.unregister(&registered);
-                return Err(KiteError::send(e.to_string()));
-            }
-        };
+        let text = Message::new(method, arguments, callbacks).encode();
         if self.sender.send(text).await.is_err() {
             self.unregister(&registered);
             return Err(KiteError::send("can't send, session is closed"));
@@ -459,16 +437,24 @@ impl ConnShared {
     }
 
     async fn dispatch(self: &Arc<Self>, text: String) {
-        let msg = match wire::parse(&text) {
+        let mut msg = match Message::decode(&text, &self.limits.protocol) {
             Ok(m) => m,
             Err(e) => {
                 debug!(session = self.info.id(), "dropping message: {e}");
                 return;
             }
         };
+        drop(text);
+        let report = msg.unscrub(&self.limits.protocol);
+        if report.invalid > 0 {
+            debug!(
+                session = self.info.id(),
+                invalid = report.invalid,
+                "ignored unusable callback paths"
+            );
+        }
         match msg.method {
-            MethodRef::Other => debug!(session = self.info.id(), "dropping message: bad method"),
-            MethodRef::Callback(id) => {
+            Method::Callback(id) => {
                 let cb = {
                     let mut table = lock(&self.table);
                     match table.entries.get(&id) {
@@ -477,13 +463,17 @@ impl ConnShared {
                         None => None,
                     }
                 };
+                let arguments = match msg.arguments {
+                    Value::Array(a) => a,
+                    other => vec![other],
+                };
                 match cb {
                     None => debug!(session = self.info.id(), id, "unknown callback id"),
                     Some(LocalCallback::Response(tx)) => {
-                        let _ = tx.send(msg.arguments);
+                        let _ = tx.send(arguments);
                     }
                     Some(LocalCallback::User(f)) => {
-                        let args = Args::new(msg.arguments, self.weak());
+                        let args = Args::new(arguments, self.weak());
                         if AssertUnwindSafe(f.invoke(args))
                             .catch_unwind()
                             .await
@@ -494,9 +484,9 @@ impl ConnShared {
                     }
                 }
             }
-            MethodRef::Name(name) => {
+            Method::Name(name) => {
                 let Some(entry) = self.core.method(&name) else {
-                    if let Some(rc) = wire::response_callback_of(&msg.arguments) {
+                    if let Some(rc) = envelope::response_callback_of(&msg.arguments) {
                         self.reply(rc, Err(KiteError::method_not_found(&name)), Vec::new())
                             .await;
                     } else {
@@ -528,26 +518,10 @@ impl ConnShared {
         result: Result<Value, KiteError>,
         functions: Vec<Function>,
     ) {
-        let arg = match result {
-            Ok(v) => {
-                let mut m = Map::new();
-                m.insert("error".into(), Value::Null);
-                m.insert("result".into(), v);
-                Value::Object(m)
-            }
-            Err(e) => {
-                let mut m = Map::new();
-                m.insert(
-                    "error".into(),
-                    serde_json::to_value(&e).unwrap_or(Value::Null),
-                );
-                m.insert("result".into(), Value::Null);
-                Value::Object(m)
-            }
-        };
+        let arg = envelope::encode_response(result);
         let locals = functions.into_iter().map(LocalCallback::User).collect();
         if let Err(e) = self
-            .send_message(OutMethod::Callback(callback), vec![arg], locals)
+            .send_message(Method::Callback(callback), vec![arg], locals)
             .await
         {
             debug!(session = self.info.id(), "cannot send response: {e}");
@@ -588,46 +562,21 @@ async fn serve_request(
     conn: Arc<ConnShared>,
     entry: Arc<MethodEntry>,
     method: String,
-    arguments: Vec<Value>,
+    arguments: Value,
     _permit: OwnedSemaphorePermit,
 ) {
-    let rc = wire::response_callback_of(&arguments);
-    let opts = match wire::options(arguments) {
+    let opts = match envelope::Request::from_arguments(arguments) {
         Ok(o) => o,
         Err(e) => {
-            if let Some(rc) = rc {
-                conn.reply(rc, Err(KiteError::argument(e.to_string())), Vec::new())
-                    .await;
+            if let Some(rc) = e.response_callback {
+                conn.reply(rc, Err(e.to_kite_error()), Vec::new()).await;
             }
             return;
         }
     };
-    let mut caller: KiteIdentity = match opts.kite {
-        None => KiteIdentity::default(),
-        Some(v) => match serde_json::from_value(v) {
-            Ok(k) => k,
-            Err(e) => {
-                if let Some(rc) = rc {
-                    let e = KiteError::argument(format!("invalid kite field: {e}"));
-                    conn.reply(rc, Err(e), Vec::new()).await;
-                }
-                return;
-            }
-        },
-    };
-    let auth: Option<Auth> = match opts.authentication {
-        None => None,
-        Some(v) => match serde_json::from_value(v) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                if let Some(rc) = rc {
-                    let e = KiteError::argument(format!("invalid authentication field: {e}"));
-                    conn.reply(rc, Err(e), Vec::new()).await;
-                }
-                return;
-            }
-        },
-    };
+    let rc = opts.response_callback;
+    let mut caller: KiteIdentity = opts.kite;
+    let auth: Option<Auth> = opts.authentication.map(|a| Auth::new(a.kind, a.key));
     let accepted = conn.info.role() == Role::Accepted;
     if accepted && conn.remote.get().is_none() {
         let _ = conn.remote.set(caller.clone());
@@ -694,6 +643,12 @@ async fn serve_request(
         post(&request, &mut result);
     }
     let result = result.map_err(|e| if e.id.is_empty() { e.with_id(&id) } else { e });
+    if hooks.finals.is_empty() {
+        if let Some(rc) = rc {
+            conn.reply(rc, result, functions).await;
+        }
+        return;
+    }
     if let Some(rc) = rc {
         conn.reply(rc, result.clone(), functions).await;
     }

@@ -54,7 +54,6 @@ pub mod server;
 pub mod settings;
 pub mod system_info;
 pub mod transport;
-mod wire;
 
 pub use kite_protocol as protocol;
 

@@ -29,6 +29,9 @@ pub struct Limits {
     pub session_queue: usize,
     /// Cap of the `dial_forever` back-off (default 60 s, as Go).
     pub max_backoff: Duration,
+    /// Bounds applied when decoding each incoming dnode message (size 16 MiB, 4096
+    /// callbacks, path length 128, links; see `kite_protocol::dnode::Limits`).
+    pub protocol: kite_protocol::dnode::Limits,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             shutdown_timeout: Duration::from_secs(10),
             session_queue: 128,
             max_backoff: Duration::from_secs(60),
+            protocol: kite_protocol::dnode::Limits::default(),
         }
     }
 }
