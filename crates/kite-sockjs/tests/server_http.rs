@@ -661,3 +661,22 @@ async fn invalid_session_paths() {
         assert_eq!(get(addr, &format!("/echo{p}")).await.status, 404, "{p}");
     }
 }
+
+#[tokio::test]
+async fn dropping_the_receiver_closes_an_xhr_session() {
+    let (on_session, mut sessions) = capture();
+    let addr = start(config(), on_session).await;
+    let id = sid();
+    post(addr, &format!("/echo/0/{id}/xhr"), "").await;
+    let (tx, rx) = next_session(&mut sessions).await.split();
+    drop(rx);
+    let r = post(addr, &format!("/echo/0/{id}/xhr"), "").await;
+    assert_eq!(r.text(), "c[3000,\"Go away!\"]\n");
+    tokio::time::timeout(DEADLINE, tx.closed()).await.unwrap();
+    assert_eq!(
+        post(addr, &format!("/echo/0/{id}/xhr_send"), "[\"x\"]")
+            .await
+            .status,
+        404
+    );
+}

@@ -397,3 +397,37 @@ async fn hixie76_handshake_and_frames() {
     tcp.read_exact(&mut frame).await.unwrap();
     assert_eq!(&frame, b"\x00a[\"hi\"]\xff");
 }
+
+#[tokio::test]
+async fn dropping_the_receiver_flushes_then_closes() {
+    let addr = start(config(), |session: Session| {
+        let (tx, rx) = session.split();
+        tx.try_send("queued".into()).unwrap();
+        drop(rx);
+        tokio::spawn(async move {
+            tx.closed().await;
+        });
+    })
+    .await;
+    let mut ws = ws_connect(addr, &ws_path(&sid())).await;
+    assert_eq!(ws_text(&mut ws).await, "o");
+    assert_eq!(ws_text(&mut ws).await, "a[\"queued\"]");
+    assert_eq!(ws_text(&mut ws).await, "c[3000,\"Go away!\"]");
+    ws_closed(&mut ws).await;
+}
+
+#[tokio::test]
+async fn large_messages_cross_the_small_read_buffer() {
+    let addr = start(config(), echo).await;
+    let mut ws = ws_connect(addr, &ws_path(&sid())).await;
+    assert_eq!(ws_text(&mut ws).await, "o");
+    let big: String = (0..1_000_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let started = std::time::Instant::now();
+    ws_send(&mut ws, &format!("[\"{big}\"]")).await;
+    let frame = ws_text(&mut ws).await;
+    let msgs: Vec<String> = serde_json::from_str(frame.strip_prefix('a').unwrap()).unwrap();
+    assert_eq!(msgs, [big]);
+    println!("1 MB echo over SockJS WebSocket: {:?}", started.elapsed());
+}

@@ -93,8 +93,9 @@ pub struct ServerConfig {
     /// A WebSocket write (frame or heartbeat) that cannot complete for this long — the
     /// peer stopped reading — closes the session with a log line. Default 30 s.
     pub write_timeout: Duration,
-    /// Read buffer of each WebSocket connection in bytes, allocated per connection for its
-    /// whole life (it grows temporarily for large messages). Default 2048.
+    /// Read buffer of each WebSocket connection in bytes: allocated per connection for its
+    /// whole life, and the most one socket read takes in (larger messages are assembled
+    /// from several reads). The main lever on the memory of idle connections. Default 512.
     pub websocket_read_buffer: usize,
     /// Script URL of the SockJS client loaded by the iframe page.
     pub sockjs_url: String,
@@ -115,7 +116,7 @@ impl Default for ServerConfig {
             outgoing_queue: 256,
             incoming_queue: 64,
             write_timeout: Duration::from_secs(30),
-            websocket_read_buffer: 2048,
+            websocket_read_buffer: 512,
             sockjs_url: "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"
                 .to_string(),
         }

@@ -432,6 +432,8 @@ enum End {
     Gone,
     /// The peer broke the protocol.
     Fail(u16, &'static str),
+    /// The user dropped the receiving half: flush what is queued, then close with 3000.
+    ReceiverGone,
 }
 
 fn go_away() -> End {
@@ -507,7 +509,6 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                biased;
                 more = side.next_batch(&mut batch, p.max_batch) => {
                     if !more {
                         break go_away();
@@ -523,7 +524,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                 delivered = &mut delivering, if !delivering.is_terminated() => {
                     let delivered: Result<(), ReceiverGone> = delivered;
                     if delivered.is_err() {
-                        break go_away();
+                        break End::ReceiverGone;
                     }
                     if let Some(m) = queue.next() {
                         delivering.set(deliverer.deliver(m).fuse());
@@ -566,13 +567,28 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                         break End::Gone;
                     }
                 }
-                _ = deliverer.receiver_closed(), if delivering.is_terminated() => break go_away(),
+                _ = deliverer.receiver_closed(), if delivering.is_terminated() => break End::ReceiverGone,
             }
         }
     };
     tracing::debug!(session = side.info().id(), transport = %side.info().transport(), "sockjs: WebSocket session ending");
+    let end = match end {
+        End::ReceiverGone => {
+            side.try_batch(&mut batch, p.max_batch);
+            let close = take_batch(&mut batch, &mut frames, p.sockjs);
+            if !frames.is_empty() && write(&mut io, &mut frames, &p).await.is_err() {
+                End::Gone
+            } else {
+                match close {
+                    Some((code, reason)) => End::Close(code, reason),
+                    None => go_away(),
+                }
+            }
+        }
+        other => other,
+    };
     match end {
-        End::Gone => {
+        End::Gone | End::ReceiverGone => {
             drop(side);
             io.flush().await;
         }

@@ -289,6 +289,9 @@ async fn next_frame(
     max: usize,
     heartbeat: Duration,
 ) -> Next {
+    if side.receiver_gone() {
+        return receiver_gone(side, batch, max);
+    }
     tokio::select! {
         more = side.next_batch(batch, max) => {
             if !more {
@@ -301,10 +304,35 @@ async fn next_frame(
                 (None, None) => Next::Frame { frame: sockjs::HEARTBEAT_FRAME.to_string(), then_close: None },
             }
         }
-        _ = tokio::time::sleep(heartbeat) => Next::Frame {
-            frame: sockjs::HEARTBEAT_FRAME.to_string(),
-            then_close: None,
+        _ = tokio::time::sleep(heartbeat) => {
+            if side.receiver_gone() {
+                return receiver_gone(side, batch, max);
+            }
+            Next::Frame {
+                frame: sockjs::HEARTBEAT_FRAME.to_string(),
+                then_close: None,
+            }
+        }
+    }
+}
+
+/// The user dropped or closed the receiving half: what is queued still goes out, then the
+/// session closes (with the user's own close request if one is queued, else 3000).
+fn receiver_gone(side: &mut TransportSide, batch: &mut Vec<Outbound>, max: usize) -> Next {
+    side.try_batch(batch, max);
+    let (frame, close) = encode_batch(batch);
+    let (code, reason) = close.unwrap_or_else(|| {
+        (
+            sockjs::CLOSE_GO_AWAY.0.into(),
+            sockjs::CLOSE_GO_AWAY.1.to_string(),
+        )
+    });
+    match frame {
+        Some(frame) => Next::Frame {
+            frame,
+            then_close: Some((code, reason)),
         },
+        None => Next::Close(code, reason),
     }
 }
 
