@@ -124,7 +124,7 @@ async fn hostile_and_odd_input_over_raw_websocket() {
     send(&mut ws, &request("whoami", 7, json!([]))).await;
     let m = next(&mut ws).await;
     assert_eq!(m["arguments"][0]["result"], "raw");
-    send(&mut ws, &r#"{"method":"whoami","arguments":[{"kite":{"name":"other"},"responseCallback":"[Function]"}],"callbacks":{"8":[0,"responseCallback"]}}"#.to_string()).await;
+    send(&mut ws, r#"{"method":"whoami","arguments":[{"kite":{"name":"other"},"responseCallback":"[Function]"}],"callbacks":{"8":[0,"responseCallback"]}}"#).await;
     let m = next(&mut ws).await;
     assert_eq!(m["arguments"][0]["result"], "raw");
     served.handle.shutdown();
