@@ -1,0 +1,7 @@
+//! The Kontrol suite over the embedded storage backend.
+
+mod kontrol_common;
+#[allow(unused_macros, unused_imports)]
+mod support;
+
+kontrol_common::suite::kontrol_suite!(support::embedded_env);
