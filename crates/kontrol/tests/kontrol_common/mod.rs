@@ -142,6 +142,15 @@ pub async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<Value>, deadline: D
         .expect("watch channel closed")
 }
 
+/// A wire capture of the Go implementation (kept with kite-protocol's tests).
+pub fn read_vector(name: &str) -> String {
+    let path = format!(
+        "{}/../kite-protocol/tests/vectors/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 /// A raw HTTP response.
 #[derive(Debug)]
 pub struct RawResponse {
