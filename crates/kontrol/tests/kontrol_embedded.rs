@@ -1,4 +1,5 @@
 //! The Kontrol suite over the embedded storage backend.
+#![allow(clippy::unwrap_used)]
 
 mod kontrol_common;
 #[allow(unused_macros, unused_imports)]

@@ -1,6 +1,8 @@
 //! Kontrol's HTTP endpoints over real sockets (PROTOCOL.md 8.2), checked byte for byte
 //! against the Go captures where they apply (vectors/heartbeat_http*.txt).
+#![allow(clippy::unwrap_used)]
 
+#[allow(unused_macros, unused_imports)]
 mod kontrol_common;
 #[allow(unused_macros, unused_imports)]
 mod support;
