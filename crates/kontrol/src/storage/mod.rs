@@ -33,6 +33,7 @@ mod error;
 mod etcd;
 mod postgres;
 mod query;
+mod tasks;
 mod version;
 mod watch;
 

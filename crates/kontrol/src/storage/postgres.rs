@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{broadcast, oneshot, OnceCell};
-use tokio::task::AbortHandle;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, Statement};
@@ -29,6 +28,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, State
 use super::codec::StoredRecord;
 use super::error::{Result, StorageError};
 use super::query::{CheckedKeyPair, Matcher, FIELDS};
+use super::tasks::{backoff, Tasks};
 use super::watch::{publish, Hub, HubMsg};
 use super::{
     resolve_add_key_pair, AddKeyPair, KeyLookup, KeyPair, KiteRecord, PostgresConfig, Registration,
@@ -336,23 +336,6 @@ fn check_schema(schema: &str) -> Result<()> {
     }
 }
 
-/// Stops the background tasks when the storage goes away.
-struct Tasks(Mutex<Vec<AbortHandle>>);
-
-impl Tasks {
-    fn add(&self, h: AbortHandle) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(h);
-    }
-}
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for h in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            h.abort();
-        }
-    }
-}
-
 /// The PostgreSQL backend.
 pub(crate) struct Postgres {
     pool: Arc<Pool>,
@@ -376,11 +359,6 @@ async fn connect_once(
     }
 }
 
-/// Back-off between reconnection attempts.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(30))
-}
-
 impl Postgres {
     pub(crate) async fn connect(c: &PostgresConfig) -> Result<Postgres> {
         check_schema(&c.schema)?;
@@ -402,7 +380,7 @@ impl Postgres {
             pg.application_name("kontrol");
         }
         let sql = Arc::new(Sql::new(&c.schema));
-        let tasks = Tasks(Mutex::new(Vec::new()));
+        let tasks = Tasks::default();
         let pool = Arc::new(Pool {
             slots: (0..c.pool_size).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
