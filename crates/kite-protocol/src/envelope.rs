@@ -1,0 +1,502 @@
+//! The kite request/response envelope (PROTOCOL.md 4.1–4.3, 11.4).
+//!
+//! A request is a dnode call whose `arguments` hold one options object
+//! `{kite, authentication, withArgs, responseCallback}`; the response is a call of the
+//! `responseCallback` with one `{error, result}` object.
+//!
+//! ```
+//! use kite_protocol::dnode::{self, Message};
+//! use kite_protocol::envelope::{self, Request};
+//! use kite_protocol::{Kite, KiteError};
+//! use serde_json::json;
+//!
+//! // Client: build the arguments, scrub, send.
+//! let me = Kite { name: "client".into(), ..Default::default() };
+//! let mut args = envelope::encode_request(&me, None, vec![json!(4)], 0);
+//! let mut next_id = 0;
+//! let scrubbed = dnode::scrub(&mut args, &mut next_id);
+//! let text = Message::new(
+//!     dnode::Method::Name("square".into()),
+//!     args,
+//!     dnode::Callbacks::from_scrubbed(&scrubbed),
+//! )
+//! .encode();
+//!
+//! // Server: decode, unscrub, read the options.
+//! let limits = dnode::Limits::default();
+//! let mut msg = Message::decode(&text, &limits).unwrap();
+//! msg.unscrub(&limits);
+//! let req = Request::from_arguments(msg.arguments).unwrap();
+//! assert_eq!(req.with_args, vec![json!(4)]);
+//! assert_eq!(req.kite.name, "client");
+//! let reply = envelope::encode_response(Ok(json!(16)));
+//! assert_eq!(reply, json!({"error": null, "result": 16}));
+//!
+//! // Client: read the reply's arguments.
+//! assert_eq!(envelope::decode_response(json!([reply])), Ok(json!(16)));
+//! assert_eq!(
+//!     envelope::decode_response(json!([{"error": {"type": "x", "message": "m"}}])),
+//!     Err(KiteError::new("x", "m"))
+//! );
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::dnode::{function_marker, json_type_name, parse_callback_marker};
+use crate::error::KiteError;
+use crate::identity::{Kite, FIELD_KEYS};
+
+/// Credentials: `{"type": ..., "key": ...}` (PROTOCOL.md 6.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Authentication {
+    /// Credential type (`type` on the wire): `kiteKey`, `token`, `sessionID`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The credential itself (a JWT for `kiteKey` and `token`).
+    pub key: String,
+}
+
+impl Authentication {
+    /// Credentials of type `kind` with `key`.
+    pub fn new(kind: impl Into<String>, key: impl Into<String>) -> Authentication {
+        Authentication {
+            kind: kind.into(),
+            key: key.into(),
+        }
+    }
+}
+
+/// A decoded request: the options object of `arguments[0]`, after
+/// [`unscrub`](crate::dnode::unscrub).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Request {
+    /// The caller's claimed identity (`kite`; missing keys and `null`s are empty).
+    pub kite: Kite,
+    /// The credentials, if any (`authentication` absent or `null` → `None`).
+    pub authentication: Option<Authentication>,
+    /// The method's arguments, normalised: `null`/absent → `[]`, a non-array `x` → `[x]`.
+    pub with_args: Vec<Value>,
+    /// The peer's callback id found at `responseCallback`, if a callback was installed
+    /// there.
+    pub response_callback: Option<u64>,
+}
+
+/// Why `arguments` is not a usable request. The server answers with
+/// [`RequestError::to_kite_error`] through [`RequestError::response_callback`] when there
+/// is one, and drops the message otherwise (PROTOCOL.md 4.3 step 5).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// What is wrong, e.g. `Invalid request: "kite" must be an object, not a number`.
+    pub message: String,
+    /// The response callback, when `arguments[0]` is an object with one.
+    pub response_callback: Option<u64>,
+}
+
+impl RequestError {
+    /// The `argumentError` to reply with.
+    pub fn to_kite_error(&self) -> KiteError {
+        KiteError::argument(self.message.clone())
+    }
+}
+
+/// The peer's callback id at `arguments[0].responseCallback`, when `arguments[0]` is an
+/// object and [`unscrub`](crate::dnode::unscrub) installed a callback there. Decides
+/// whether an unknown method gets a `methodNotFound` reply (PROTOCOL.md 4.3 step 4).
+pub fn response_callback_of(arguments: &Value) -> Option<u64> {
+    match arguments.get(0)?.get("responseCallback")? {
+        Value::String(s) => parse_callback_marker(s),
+        _ => None,
+    }
+}
+
+fn string_field(value: Value, field: &str) -> Result<String, String> {
+    match value {
+        Value::String(s) => Ok(s),
+        Value::Null => Ok(String::new()),
+        other => Err(format!(
+            "Invalid request: \"{field}\" must be a string, not {}",
+            json_type_name(&other)
+        )),
+    }
+}
+
+fn decode_kite(value: Value) -> Result<Kite, String> {
+    let mut map = match value {
+        Value::Null => return Ok(Kite::default()),
+        Value::Object(m) => m,
+        other => {
+            return Err(format!(
+                "Invalid request: \"kite\" must be an object, not {}",
+                json_type_name(&other)
+            ))
+        }
+    };
+    let mut take = |i: usize| -> Result<String, String> {
+        let key = FIELD_KEYS[i];
+        match map.remove(key) {
+            None => Ok(String::new()),
+            Some(v) => string_field(v, &format!("kite.{key}")),
+        }
+    };
+    Ok(Kite {
+        username: take(0)?,
+        environment: take(1)?,
+        name: take(2)?,
+        version: take(3)?,
+        region: take(4)?,
+        hostname: take(5)?,
+        id: take(6)?,
+    })
+}
+
+fn decode_authentication(value: Value) -> Result<Option<Authentication>, String> {
+    let mut map = match value {
+        Value::Null => return Ok(None),
+        Value::Object(m) => m,
+        other => {
+            return Err(format!(
+                "Invalid request: \"authentication\" must be an object, not {}",
+                json_type_name(&other)
+            ))
+        }
+    };
+    let mut take = |key: &str| match map.remove(key) {
+        None => Ok(String::new()),
+        Some(v) => string_field(v, &format!("authentication.{key}")),
+    };
+    Ok(Some(Authentication {
+        kind: take("type")?,
+        key: take("key")?,
+    }))
+}
+
+impl Request {
+    /// Decodes the request from a call's `arguments` (after unscrubbing): exactly one
+    /// element, an object whose `kite` is an object (or `null`/absent) of string fields and
+    /// whose `authentication` is an object of string fields or `null`/absent. `withArgs` is
+    /// normalised (`null`/absent → `[]`, non-array → one-element list). Unknown keys are
+    /// ignored; an object lacking every field (`[{}]`) is a valid request.
+    pub fn from_arguments(arguments: Value) -> Result<Request, RequestError> {
+        let response_callback = response_callback_of(&arguments);
+        let fail = |message: String| RequestError {
+            message,
+            response_callback,
+        };
+        let mut args = match arguments {
+            Value::Array(a) => a,
+            other => {
+                return Err(fail(format!(
+                    "Invalid request: arguments must be an array, not {}",
+                    json_type_name(&other)
+                )))
+            }
+        };
+        if args.len() != 1 {
+            return Err(fail(format!(
+                "Invalid request: expected exactly one argument (the options object), got {}",
+                args.len()
+            )));
+        }
+        let mut options = match args.pop() {
+            Some(Value::Object(m)) => m,
+            Some(other) => {
+                return Err(fail(format!(
+                    "Invalid request: options must be an object, not {}",
+                    json_type_name(&other)
+                )))
+            }
+            None => return Err(fail("Invalid request: no options".to_string())),
+        };
+        let kite = decode_kite(options.remove("kite").unwrap_or(Value::Null)).map_err(fail)?;
+        let authentication =
+            decode_authentication(options.remove("authentication").unwrap_or(Value::Null))
+                .map_err(fail)?;
+        let with_args = match options.remove("withArgs") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(other) => vec![other],
+        };
+        Ok(Request {
+            kite,
+            authentication,
+            with_args,
+            response_callback,
+        })
+    }
+}
+
+fn kite_to_value(kite: &Kite) -> Value {
+    Value::Object(
+        kite.fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect(),
+    )
+}
+
+/// Builds a request's `arguments` (`[options]`) the way our clients send it: `kite`,
+/// `authentication` (`null` when none), `withArgs` (always an array, `[]` for none) and
+/// `responseCallback` = [`function_marker`]`(response_marker)`. Functions inside
+/// `with_args` are function markers too; [`scrub`](crate::dnode::scrub) the result before
+/// sending (with sorted object keys, `responseCallback` gets the lowest id, as with Go).
+pub fn encode_request(
+    kite: &Kite,
+    authentication: Option<&Authentication>,
+    with_args: Vec<Value>,
+    response_marker: usize,
+) -> Value {
+    let mut options = Map::new();
+    options.insert("kite".into(), kite_to_value(kite));
+    let auth = match authentication {
+        Some(a) => {
+            let mut m = Map::new();
+            m.insert("type".into(), Value::String(a.kind.clone()));
+            m.insert("key".into(), Value::String(a.key.clone()));
+            Value::Object(m)
+        }
+        None => Value::Null,
+    };
+    options.insert("authentication".into(), auth);
+    options.insert("withArgs".into(), Value::Array(with_args));
+    options.insert(
+        "responseCallback".into(),
+        Value::String(function_marker(response_marker)),
+    );
+    Value::Array(vec![Value::Object(options)])
+}
+
+/// The response object `{"error": ..., "result": ...}`, both keys always present (Go
+/// style): `error` is `null` on success, `result` is `null` on error. A result may
+/// contain function markers; scrub the reply's arguments before sending.
+pub fn encode_response(outcome: Result<Value, KiteError>) -> Value {
+    let (error, result) = match outcome {
+        Ok(result) => (Value::Null, result),
+        Err(e) => (e.to_value(), Value::Null),
+    };
+    let mut m = Map::new();
+    m.insert("error".into(), error);
+    m.insert("result".into(), result);
+    Value::Object(m)
+}
+
+fn error_or(err: Value, result: Value) -> Result<Value, KiteError> {
+    if err.is_null() {
+        Ok(result)
+    } else {
+        Err(KiteError::from_value(&err))
+    }
+}
+
+/// Decodes the `arguments` of a response callback invocation, accepting every shape Go
+/// and kite.js peers send (PROTOCOL.md 4.2, 11.4), decided in this order:
+///
+/// 1. one object element with an `error` or `result` key → canonical `{error, result}`;
+/// 2. `[]` or `[null]` → success without result (`null`);
+/// 3. two elements → `(err, result)`;
+/// 4. any other single element → `err`.
+///
+/// A non-null error becomes `Err` ([`KiteError::from_value`]: type from its `type`, else
+/// `genericError`). More than two elements, or `arguments` that is not an array, is
+/// `invalidResponse` (`Invalid array length`).
+pub fn decode_response(arguments: Value) -> Result<Value, KiteError> {
+    let mut args = match arguments {
+        Value::Array(a) => a,
+        _ => return Err(KiteError::invalid_response("Invalid array length")),
+    };
+    match args.len() {
+        0 => Ok(Value::Null),
+        1 => match args.pop().unwrap_or(Value::Null) {
+            Value::Object(mut m) if m.contains_key("error") || m.contains_key("result") => {
+                let err = m.remove("error").unwrap_or(Value::Null);
+                error_or(err, m.remove("result").unwrap_or(Value::Null))
+            }
+            Value::Null => Ok(Value::Null),
+            other => Err(KiteError::from_value(&other)),
+        },
+        2 => {
+            let result = args.pop().unwrap_or(Value::Null);
+            let err = args.pop().unwrap_or(Value::Null);
+            error_or(err, result)
+        }
+        _ => Err(KiteError::invalid_response("Invalid array length")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dnode::callback_marker;
+    use serde_json::json;
+
+    fn req(v: Value) -> Result<Request, RequestError> {
+        Request::from_arguments(v)
+    }
+
+    #[test]
+    fn normalises_with_args() {
+        let cb = callback_marker(3);
+        for (with_args, expected) in [
+            (json!(null), json!([])),
+            (json!([]), json!([])),
+            (json!([1, "a"]), json!([1, "a"])),
+            (json!(5), json!([5])),
+            (json!({"a": 1}), json!([{"a": 1}])),
+            (json!("s"), json!(["s"])),
+        ] {
+            let r = req(json!([{"withArgs": with_args, "responseCallback": cb}])).unwrap();
+            assert_eq!(Value::Array(r.with_args), expected);
+            assert_eq!(r.response_callback, Some(3));
+        }
+        let r = req(json!([{}])).unwrap();
+        assert_eq!(r, Request::default());
+    }
+
+    #[test]
+    fn decodes_kite_and_authentication() {
+        let r = req(json!([{
+            "kite": {"name": "math", "username": null, "extra": 5},
+            "authentication": {"type": "token", "key": "k", "x": 1},
+            "responseCallback": "[Function]"
+        }]))
+        .unwrap();
+        assert_eq!(r.kite.name, "math");
+        assert_eq!(r.kite.username, "");
+        assert_eq!(r.authentication, Some(Authentication::new("token", "k")));
+        assert_eq!(r.response_callback, None, "no callback installed");
+        let r = req(json!([{"authentication": null}])).unwrap();
+        assert_eq!(r.authentication, None);
+        let r = req(json!([{"authentication": {}}])).unwrap();
+        assert_eq!(r.authentication, Some(Authentication::default()));
+    }
+
+    #[test]
+    fn wrong_types_are_argument_errors() {
+        let cb = callback_marker(8);
+        let cases = [
+            (
+                json!([]),
+                "expected exactly one argument (the options object), got 0",
+            ),
+            (
+                json!([{}, {}]),
+                "expected exactly one argument (the options object), got 2",
+            ),
+            (json!([5]), "options must be an object, not a number"),
+            (json!({"a": 1}), "arguments must be an array, not an object"),
+            (
+                json!([{"kite": 5}]),
+                "\"kite\" must be an object, not a number",
+            ),
+            (
+                json!([{"kite": {"name": 1}}]),
+                "\"kite.name\" must be a string, not a number",
+            ),
+            (
+                json!([{"authentication": "abc"}]),
+                "\"authentication\" must be an object, not a string",
+            ),
+            (
+                json!([{"authentication": {"type": []}}]),
+                "\"authentication.type\" must be a string, not an array",
+            ),
+            (
+                json!([{"authentication": {"key": true}}]),
+                "\"authentication.key\" must be a string, not a boolean",
+            ),
+        ];
+        for (args, text) in cases {
+            let e = req(args.clone()).unwrap_err();
+            assert_eq!(e.message, format!("Invalid request: {text}"), "{args}");
+            assert_eq!(e.response_callback, None);
+            assert_eq!(e.to_kite_error().kind, "argumentError");
+        }
+        let e = req(json!([{"kite": 5, "responseCallback": cb}, 2])).unwrap_err();
+        assert_eq!(e.response_callback, Some(8));
+        assert_eq!(
+            response_callback_of(&json!([{"responseCallback": callback_marker(2)}])),
+            Some(2)
+        );
+        assert_eq!(response_callback_of(&json!([])), None);
+        assert_eq!(response_callback_of(&json!([5])), None);
+    }
+
+    #[test]
+    fn encodes_requests_like_go() {
+        let kite = Kite {
+            name: "c".into(),
+            ..Default::default()
+        };
+        let args = encode_request(&kite, None, vec![], 2);
+        assert_eq!(
+            args,
+            json!([{
+                "kite": {"username":"","environment":"","name":"c","version":"","region":"","hostname":"","id":""},
+                "authentication": null,
+                "withArgs": [],
+                "responseCallback": function_marker(2)
+            }])
+        );
+        let auth = Authentication::new("kiteKey", "jwt");
+        let args = encode_request(&kite, Some(&auth), vec![json!(1)], 0);
+        assert_eq!(
+            args[0]["authentication"],
+            json!({"type": "kiteKey", "key": "jwt"})
+        );
+        assert_eq!(
+            serde_json::to_value(&auth).unwrap(),
+            json!({"type": "kiteKey", "key": "jwt"})
+        );
+    }
+
+    #[test]
+    fn encodes_responses_with_both_keys() {
+        assert_eq!(
+            encode_response(Ok(json!(null))),
+            json!({"error": null, "result": null})
+        );
+        let e = KiteError::generic("negative argument").with_id("3fa9c07d12e4b856");
+        assert_eq!(
+            encode_response(Err(e)).to_string(),
+            r#"{"error":{"code":"","id":"3fa9c07d12e4b856","message":"negative argument","type":"genericError"},"result":null}"#
+        );
+    }
+
+    #[test]
+    fn decodes_every_response_shape() {
+        let ok = |v: Value| decode_response(v).unwrap();
+        let err = |v: Value| decode_response(v).unwrap_err();
+        assert_eq!(ok(json!([{"error": null, "result": 16}])), json!(16));
+        assert_eq!(ok(json!([{"result": "pong"}])), json!("pong"));
+        assert_eq!(ok(json!([{"error": null}])), json!(null));
+        assert_eq!(ok(json!([])), json!(null));
+        assert_eq!(ok(json!([null])), json!(null));
+        assert_eq!(ok(json!([null, "pong"])), json!("pong"));
+        assert_eq!(
+            err(
+                json!([{"error": {"type": "methodNotFound", "message": "Method not found: x", "code": "", "id": ""}, "result": null}])
+            ),
+            KiteError::method_not_found("x")
+        );
+        assert_eq!(err(json!([{"error": {}}])), KiteError::generic("{}"));
+        assert_eq!(
+            err(json!([{"message": "boom"}, 1])),
+            KiteError::generic("boom")
+        );
+        assert_eq!(err(json!(["boom"])), KiteError::generic("boom"));
+        assert_eq!(
+            err(json!([{"other": 1}])),
+            KiteError::generic(r#"{"other":1}"#)
+        );
+        assert_eq!(
+            err(json!([1, 2, 3])),
+            KiteError::invalid_response("Invalid array length")
+        );
+        assert_eq!(
+            err(json!({})),
+            KiteError::invalid_response("Invalid array length")
+        );
+    }
+}
