@@ -46,9 +46,10 @@ pub enum ValidationError {
     /// A query with every field empty.
     #[error("all query fields are empty")]
     EmptyQuery,
-    /// A query `version` that is neither a version nor a constraint list (PROTOCOL.md 1.3).
-    #[error("Malformed constraint: {0}")]
-    MalformedConstraint(String),
+    /// A query `version` that is neither a version nor a constraint list (PROTOCOL.md 1.3),
+    /// e.g. `Malformed constraint: latest`.
+    #[error(transparent)]
+    Version(#[from] kite_protocol::VersionError),
     /// A key-pair field is empty (after trimming whitespace).
     #[error("key pair {0} is empty")]
     EmptyKeyPairField(&'static str),

@@ -34,7 +34,6 @@ mod etcd;
 mod postgres;
 mod query;
 mod tasks;
-mod version;
 mod watch;
 
 use std::fmt;
