@@ -4,3 +4,70 @@ mod support;
 
 support::suite::storage_suite!(support::postgres_env);
 support::suite::replica_suite!(support::postgres_env);
+
+/// Events travel as NOTIFY payloads (< 8000 bytes): a registration that cannot be announced
+/// is refused up front with a clear error; the largest ordinary ones pass and are announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_registration_is_refused() {
+    use kontrol::storage::{StorageError, ValidationError};
+    use support::suite::{kite, next_event, q, reg, LONG};
+
+    let mut env = support::postgres_env().await;
+    if let kontrol::storage::StorageConfig::Postgres(c) = &mut env.config {
+        c.limits.max_url_len = 4000;
+    }
+    let s = env.connect().await;
+    let mut w = s.watch(&q(&[("name", "big")])).await.unwrap();
+
+    // Quotes double when JSON-escaped.
+    let mut k = kite("u", "e", "big", "1.0.0", "r", "h", "id-1");
+    let r = reg(&k, &"\"".repeat(4000));
+    let err = match s.upsert(&r, LONG).await {
+        Ok(_) => panic!("oversized registration accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(
+            err,
+            StorageError::Invalid(ValidationError::RecordTooLarge { limit: 7999, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_client_error());
+    assert_eq!(s.count().await.unwrap(), 0);
+
+    // At the default field limits without escaping it fits.
+    let long = "x".repeat(255);
+    k = kite(&long, &long, "big", &long, &long, &long, &long);
+    let mut r = reg(&k, &format!("http://{}", "h".repeat(2040)));
+    r.key_id = long.clone();
+    let rec = s.upsert(&r, LONG).await.unwrap();
+    let ev = next_event(&mut w).await;
+    assert_eq!(ev.record, rec);
+}
+
+/// The harness's own contract: a dedicated server works, and dropping it stops the process
+/// and removes its directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_server_stops_on_drop() {
+    let server = tokio::task::spawn_blocking(support::pg::PgServer::start)
+        .await
+        .unwrap();
+    let conninfo = server.conninfo("postgres");
+    let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(client);
+    let _ = driver.await;
+    let port = server.port;
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "postgres still listening after drop"
+    );
+}

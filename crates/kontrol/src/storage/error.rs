@@ -50,6 +50,15 @@ pub enum ValidationError {
     /// e.g. `Malformed constraint: latest`.
     #[error(transparent)]
     Version(#[from] kite_protocol::VersionError),
+    /// The registration does not fit the backend's change-notification limit (PostgreSQL
+    /// `NOTIFY` payloads must stay under 8000 bytes, JSON-escaped).
+    #[error("registration is too large: {len} bytes, the limit is {limit}")]
+    RecordTooLarge {
+        /// Size of the encoded registration (an upper bound).
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A key-pair field is empty (after trimming whitespace).
     #[error("key pair {0} is empty")]
     EmptyKeyPairField(&'static str),

@@ -26,7 +26,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Row, Socket, Statement};
 
 use super::codec::StoredRecord;
-use super::error::{Result, StorageError};
+use super::error::{Result, StorageError, ValidationError};
 use super::query::{CheckedKeyPair, Matcher, FIELDS};
 use super::tasks::{backoff, Tasks};
 use super::watch::{publish, Hub, HubMsg};
@@ -34,6 +34,24 @@ use super::{
     resolve_add_key_pair, AddKeyPair, KeyLookup, KeyPair, KiteRecord, PostgresConfig, Registration,
     WatchAction, WatchEvent,
 };
+
+/// PostgreSQL refuses `NOTIFY` payloads of 8000 bytes or more.
+const MAX_NOTIFY_PAYLOAD: usize = 7999;
+
+/// An upper bound of the `NOTIFY` payload of `reg`'s events: the compact JSON with the
+/// widest timestamps, plus what `json_build_object`'s spacing adds (3 bytes per key) and the
+/// action. JSON escaping is the same in serde_json and PostgreSQL.
+fn payload_bound(reg: &Registration) -> usize {
+    let probe = StoredRecord {
+        kite: reg.kite.clone(),
+        url: reg.url.clone(),
+        key_id: reg.key_id.clone(),
+        created_at: u64::MAX,
+        updated_at: u64::MAX,
+        expires_at: u64::MAX,
+    };
+    serde_json::to_vec(&probe).map_or(usize::MAX, |v| v.len()) + 13 * 3 + 64
+}
 
 /// Rows removed per sweep statement.
 const SWEEP_BATCH: i64 = 10_000;
@@ -428,6 +446,14 @@ impl Postgres {
     }
 
     pub(crate) async fn upsert(&self, reg: &Registration, ttl: Duration) -> Result<KiteRecord> {
+        let len = payload_bound(reg);
+        if len > MAX_NOTIFY_PAYLOAD {
+            return Err(ValidationError::RecordTooLarge {
+                len,
+                limit: MAX_NOTIFY_PAYLOAD,
+            }
+            .into());
+        }
         let k = &reg.kite;
         let ttl_us = ttl_micros(ttl);
         let conn = self.pool.get()?;

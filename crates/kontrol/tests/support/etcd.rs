@@ -4,17 +4,31 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::proc::{free_port, poll_until, read_log, server_dir, Guardian};
+use super::proc::{free_port, poll_until, read_log, server_dir, stop_child, Guardian};
 
 pub struct EtcdServer {
     pub client_port: u16,
-    _child: Child,
-    _guardian: Guardian,
+    child: Child,
+    root: PathBuf,
+    guardian: Option<Guardian>,
+}
+
+impl Drop for EtcdServer {
+    /// Stops the server and removes its directory. (The shared server lives in a static and
+    /// is never dropped: its guardian cleans up when the test binary exits.)
+    fn drop(&mut self) {
+        stop_child(&mut self.child, "TERM", Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.root);
+        if let Some(g) = self.guardian.take() {
+            g.disarm();
+        }
+    }
 }
 
 fn healthy(port: u16) -> bool {
@@ -44,6 +58,7 @@ impl EtcdServer {
         let mut last_log = String::new();
         for attempt in 0..5 {
             let root = server_dir("kontrol-etcd-");
+            let mut guardian = Guardian::new(&root, "TERM");
             let (cport, pport) = (free_port(), free_port());
             let client_url = format!("http://127.0.0.1:{cport}");
             let peer_url = format!("http://127.0.0.1:{pport}");
@@ -74,7 +89,7 @@ impl EtcdServer {
                 .process_group(0)
                 .spawn()
                 .expect("spawn etcd");
-            let guardian = Guardian::watch(child.id(), &root);
+            guardian.watch_pid(child.id());
             let ready = poll_until("etcd to become healthy", Duration::from_secs(60), || {
                 if let Ok(Some(_)) = child.try_wait() {
                     return Some(false);
@@ -84,8 +99,9 @@ impl EtcdServer {
             if ready {
                 return EtcdServer {
                     client_port: cport,
-                    _child: child,
-                    _guardian: guardian,
+                    child,
+                    root,
+                    guardian: Some(guardian),
                 };
             }
             last_log = read_log(&log_path);
