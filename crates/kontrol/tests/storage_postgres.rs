@@ -50,6 +50,7 @@ async fn oversized_registration_is_refused() {
 /// and removes its directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_server_stops_on_drop() {
+    support::init_tracing();
     let server = tokio::task::spawn_blocking(support::pg::PgServer::start)
         .await
         .unwrap();
@@ -70,4 +71,63 @@ async fn dedicated_server_stops_on_drop() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "postgres still listening after drop"
     );
+}
+
+/// Every session of the storage is killed server-side: the query pool reconnects, the
+/// change feed reconnects and reports the gap, and events flow again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_connection_loss() {
+    use kontrol::storage::{StorageConfig, WatchAction, WatchError};
+    use std::time::{Duration, Instant};
+    use support::suite::{kite, next_event, q, reg, EVENT_DEADLINE, LONG};
+
+    let env = support::postgres_env().await;
+    let StorageConfig::Postgres(c) = &env.config else {
+        unreachable!()
+    };
+    let dbname = c
+        .conninfo
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap()
+        .to_owned();
+    let s = env.connect().await;
+    let mut w = s.watch(&q(&[("name", "math")])).await.unwrap();
+
+    let server = support::pg::PgServer::shared();
+    let (admin, conn) =
+        tokio_postgres::connect(&server.conninfo("postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&dbname],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 3, "pool and listener sessions: {killed}");
+
+    match tokio::time::timeout(EVENT_DEADLINE, w.recv()).await {
+        Ok(Err(WatchError::Interrupted)) => {}
+        other => panic!("expected the feed to report an interruption, got {other:?}"),
+    }
+
+    let k = kite("alice", "prod", "math", "1.0.0", "eu", "h1", "after-loss");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rec = loop {
+        match s.upsert(&reg(&k, "http://x/kite"), LONG).await {
+            Ok(rec) => break rec,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "storage did not recover: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let ev = next_event(&mut w).await;
+    assert_eq!((ev.action, ev.record), (WatchAction::Register, rec));
+    assert_eq!(s.get(&q(&[("id", "after-loss")])).await.unwrap().len(), 1);
 }
