@@ -25,6 +25,33 @@ async fn data_dir_is_exclusive() {
     env.connect().await;
 }
 
+/// A watcher that does not keep up is told how much it missed, then continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watcher_is_told_it_lagged() {
+    use kontrol::storage::{StorageConfig, WatchAction, WatchError};
+    use support::suite::next_event;
+
+    let mut env = support::embedded_env().await;
+    if let StorageConfig::Embedded(c) = &mut env.config {
+        c.limits.watch_buffer = 4;
+    }
+    let s = env.connect().await;
+    let mut w = s.watch(&q(&[("username", "u")])).await.unwrap();
+    for i in 0..10 {
+        let k = kite("u", "e", "n", "1.0.0", "r", "h", &format!("k{i}"));
+        s.upsert(&reg(&k, "http://h/kite"), LONG).await.unwrap();
+    }
+    // Events are published before upsert returns: 10 events, room for 4.
+    assert_eq!(w.recv().await, Err(WatchError::Lagged(6)));
+    for i in 6..10 {
+        let ev = next_event(&mut w).await;
+        assert_eq!(ev.action, WatchAction::Register);
+        assert_eq!(ev.record.kite.id, format!("k{i}"));
+    }
+    drop(s);
+    assert_eq!(w.recv().await, Err(WatchError::Closed));
+}
+
 /// get() over 100,000 kites stays well under 5 ms at p99 (in-memory index).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_is_fast_with_100k_kites() {

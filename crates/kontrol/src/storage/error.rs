@@ -46,9 +46,19 @@ pub enum ValidationError {
     /// A query with every field empty.
     #[error("all query fields are empty")]
     EmptyQuery,
-    /// A query `version` that is neither a version nor a constraint list (PROTOCOL.md 1.3).
-    #[error("Malformed constraint: {0}")]
-    MalformedConstraint(String),
+    /// A query `version` that is neither a version nor a constraint list (PROTOCOL.md 1.3),
+    /// e.g. `Malformed constraint: latest`.
+    #[error(transparent)]
+    Version(#[from] kite_protocol::VersionError),
+    /// The registration does not fit the backend's change-notification limit (PostgreSQL
+    /// `NOTIFY` payloads must stay under 8000 bytes, JSON-escaped).
+    #[error("registration is too large: {len} bytes, the limit is {limit}")]
+    RecordTooLarge {
+        /// Size of the encoded registration (an upper bound).
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A key-pair field is empty (after trimming whitespace).
     #[error("key pair {0} is empty")]
     EmptyKeyPairField(&'static str),

@@ -33,7 +33,7 @@ mod error;
 mod etcd;
 mod postgres;
 mod query;
-mod version;
+mod tasks;
 mod watch;
 
 use std::fmt;
@@ -335,8 +335,8 @@ pub async fn connect(config: &StorageConfig) -> Result<Storage> {
 
 enum Backend {
     Embedded(embedded::Embedded),
-    Postgres(postgres::Postgres),
-    Etcd(etcd::Etcd),
+    Postgres(Box<postgres::Postgres>),
+    Etcd(Box<etcd::Etcd>),
 }
 
 macro_rules! dispatch {
@@ -438,8 +438,10 @@ impl Storage {
         }
         let backend = match config {
             StorageConfig::Embedded(c) => Backend::Embedded(embedded::Embedded::open(c).await?),
-            StorageConfig::Postgres(c) => Backend::Postgres(postgres::Postgres::connect(c).await?),
-            StorageConfig::Etcd(c) => Backend::Etcd(etcd::Etcd::connect(c).await?),
+            StorageConfig::Postgres(c) => {
+                Backend::Postgres(Box::new(postgres::Postgres::connect(c).await?))
+            }
+            StorageConfig::Etcd(c) => Backend::Etcd(Box::new(etcd::Etcd::connect(c).await?)),
         };
         Ok(Storage { backend, limits })
     }

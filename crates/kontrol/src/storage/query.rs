@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use kite_protocol::{Kite, KontrolQuery};
+use kite_protocol::{IdentityError, Kite, KontrolQuery, QueryError, VersionFilter};
 
 use super::error::ValidationError;
-use super::version::{Constraints, Version};
 use super::{Limits, NewKeyPair, Registration};
 
 /// JSON keys of the seven identity fields, in canonical order.
@@ -24,27 +23,7 @@ pub(crate) const VERSION: usize = 3;
 
 /// The seven fields of a kite, in canonical order.
 pub(crate) fn kite_fields(k: &Kite) -> [&str; 7] {
-    [
-        &k.username,
-        &k.environment,
-        &k.name,
-        &k.version,
-        &k.region,
-        &k.hostname,
-        &k.id,
-    ]
-}
-
-fn query_fields(q: &KontrolQuery) -> [&str; 7] {
-    [
-        &q.username,
-        &q.environment,
-        &q.name,
-        &q.version,
-        &q.region,
-        &q.hostname,
-        &q.id,
-    ]
+    k.values()
 }
 
 fn check_text(field: &'static str, value: &str, limit: usize) -> Result<(), ValidationError> {
@@ -66,13 +45,14 @@ pub(crate) fn validate_registration(
     reg: &Registration,
     limits: &Limits,
 ) -> Result<(), ValidationError> {
-    for (field, value) in FIELDS.iter().zip(kite_fields(&reg.kite)) {
-        if value.is_empty() {
-            return Err(ValidationError::EmptyField(field));
-        }
-        if value.contains('/') {
-            return Err(ValidationError::SlashInField(field));
-        }
+    // Kontrol's registration check (PROTOCOL.md 1.2), from the protocol crate.
+    reg.kite.validate_for_registration().map_err(|e| match e {
+        IdentityError::EmptyKiteField(f) => ValidationError::EmptyField(f),
+        IdentityError::FieldContainsSlash(f) => ValidationError::SlashInField(f),
+        // The registration check reports nothing else.
+        _ => ValidationError::EmptyField("kite"),
+    })?;
+    for (field, value) in reg.kite.fields() {
         check_text(field, value, limits.max_field_len)?;
     }
     if reg.url.is_empty() {
@@ -153,90 +133,66 @@ pub(crate) fn validate_key_pair(
     })
 }
 
-/// How a query constrains the version.
-#[derive(Debug, Clone)]
-pub(crate) enum VersionMatch {
-    /// `version` empty.
-    Any,
-    /// A plain version: exact string match.
-    Exact(String),
-    /// A constraint list.
-    Constraint(Constraints),
-}
-
 /// A validated, compiled [`KontrolQuery`].
 ///
-/// Rules: every non-empty field must be equal to the kite's (any subset of fields may be set,
-/// gaps allowed); a `version` that is a plain version matches exactly, otherwise it is a
-/// constraint list the kite's version must satisfy; a query with every field empty is refused.
+/// Rules (the protocol crate's `KontrolQuery::matches`): every non-empty field except
+/// `version` must equal the kite's (any subset of fields may be set, gaps allowed); the
+/// version goes through the protocol's [`VersionFilter`] (a plain version matches exactly,
+/// anything else must be a constraint list the kite's version satisfies); a query with
+/// every field empty is refused. Owned, so that watchers can keep it.
 #[derive(Debug, Clone)]
 pub(crate) struct Matcher {
-    /// Exact values, `None` for "don't care"; the version slot is always `None` (see
-    /// `version`).
-    exact: [Option<String>; 7],
-    version: VersionMatch,
+    query: KontrolQuery,
+    version: VersionFilter,
 }
 
 impl Matcher {
     pub(crate) fn compile(q: &KontrolQuery, limits: &Limits) -> Result<Matcher, ValidationError> {
-        let fields = query_fields(q);
-        if fields.iter().all(|f| f.is_empty()) {
-            return Err(ValidationError::EmptyQuery);
-        }
-        let mut exact: [Option<String>; 7] = Default::default();
-        let mut version = VersionMatch::Any;
-        for (i, (field, value)) in FIELDS.iter().zip(fields).enumerate() {
-            if value.is_empty() {
-                continue;
-            }
+        q.validate(false).map_err(|e| match e {
+            QueryError::Version(v) => ValidationError::Version(v),
+            // AllEmpty (EmptyUsername is not asked for).
+            _ => ValidationError::EmptyQuery,
+        })?;
+        for (i, (field, value)) in q.fields().into_iter().enumerate() {
             check_text(field, value, limits.max_field_len)?;
-            if i == VERSION {
-                version = if Version::parse(value).is_some() {
-                    VersionMatch::Exact(value.to_owned())
-                } else {
-                    match Constraints::parse(value) {
-                        Some(c) => VersionMatch::Constraint(c),
-                        None => return Err(ValidationError::MalformedConstraint(value.to_owned())),
-                    }
-                };
-                continue;
-            }
-            if value.contains('/') {
+            if i != VERSION && value.contains('/') {
                 return Err(ValidationError::SlashInField(field));
             }
-            exact[i] = Some(value.to_owned());
         }
-        if let VersionMatch::Exact(v) = &version {
-            exact[VERSION] = Some(v.clone());
-        }
-        Ok(Matcher { exact, version })
+        Ok(Matcher {
+            query: q.clone(),
+            version: q.version_filter().map_err(|e| match e {
+                QueryError::Version(v) => ValidationError::Version(v),
+                _ => ValidationError::EmptyQuery,
+            })?,
+        })
     }
 
-    /// Whether `kite` satisfies the query.
+    /// Whether `kite` satisfies the query; the same rule as the protocol crate's
+    /// `QueryMatcher::matches`, with the version filter parsed once.
     pub(crate) fn matches(&self, kite: &Kite) -> bool {
-        let fields = kite_fields(kite);
-        for (want, have) in self.exact.iter().zip(fields) {
-            if let Some(w) = want {
-                if w != have {
-                    return false;
-                }
-            }
-        }
-        match &self.version {
-            VersionMatch::Constraint(c) => c.check(&kite.version),
-            _ => true,
-        }
+        let q = self.query.values();
+        let k = kite.values();
+        (0..7).all(|i| i == VERSION || q[i].is_empty() || q[i] == k[i])
+            && self.version.matches(&kite.version)
     }
 
     /// The exact value of field `i` (canonical order), if the query pins it to one value.
     pub(crate) fn exact(&self, i: usize) -> Option<&str> {
-        self.exact[i].as_deref()
+        if i == VERSION {
+            return match &self.version {
+                VersionFilter::Exact(v) => Some(v),
+                _ => None,
+            };
+        }
+        let v = self.query.values()[i];
+        (!v.is_empty()).then_some(v)
     }
 
     /// The longest run of exactly-matched fields starting at `username`: the fields that make
     /// a key prefix in identity order.
     pub(crate) fn exact_prefix(&self) -> Vec<&str> {
-        self.exact.iter().map_while(|f| f.as_deref()).collect()
+        (0..7).map_while(|i| self.exact(i)).collect()
     }
 }
 
@@ -286,10 +242,55 @@ mod tests {
             q(|q| q.version = "latest".into()).unwrap_err().to_string(),
             "Malformed constraint: latest"
         );
+        assert!(q(|q| q.version = ">= 1.0, < 1.4".into()).is_ok());
         assert_eq!(
             q(|q| q.name = "a/b".into()).unwrap_err().to_string(),
             "Field \"name\" must not contain '/'"
         );
+    }
+
+    /// The compiled matcher agrees with the protocol crate's `KontrolQuery::matches`.
+    #[test]
+    fn agrees_with_protocol_matches() {
+        let kites = [
+            kite("1.0.0"),
+            kite("1.2.0"),
+            kite("1.1.0-beta"),
+            kite("v2"),
+            kite("garbage"),
+            Kite {
+                region: "us".into(),
+                ..kite("1.0.0")
+            },
+        ];
+        let versions = [
+            "",
+            "1.0.0",
+            "1.0",
+            "~> 1.0",
+            ">= 1.1, < 2",
+            "!= 1.0.0",
+            "> 1.1.0-alpha",
+        ];
+        for v in versions {
+            for region in ["", "eu-west", "us"] {
+                for user in ["", "devrim", "other"] {
+                    let mut query = KontrolQuery {
+                        username: user.into(),
+                        version: v.into(),
+                        region: region.into(),
+                        ..Default::default()
+                    };
+                    if query.is_empty() {
+                        query.id = "2f1c".into();
+                    }
+                    let m = Matcher::compile(&query, &Limits::default()).unwrap();
+                    for k in &kites {
+                        assert_eq!(m.matches(k), query.matches(k), "{query:?} {k:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,14 +11,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::proc::{free_port, is_root, poll_until, read_log, run, server_dir, Guardian};
+use super::proc::{
+    free_port, is_root, poll_until, read_log, run, server_dir, stop_child, Guardian,
+};
 
 const NOBODY: u32 = 65534;
 
 pub struct PgServer {
     pub port: u16,
-    _child: Child,
-    _guardian: Guardian,
+    child: Child,
+    root: PathBuf,
+    guardian: Option<Guardian>,
+}
+
+impl Drop for PgServer {
+    /// Stops the server and removes its directory. (The shared server lives in a static and
+    /// is never dropped: its guardian cleans up when the test binary exits.)
+    fn drop(&mut self) {
+        stop_child(&mut self.child, "QUIT", Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.root);
+        if let Some(g) = self.guardian.take() {
+            g.disarm();
+        }
+    }
 }
 
 fn bin_dir() -> PathBuf {
@@ -70,6 +85,7 @@ impl PgServer {
         let bin = bin_dir();
         let as_nobody = is_root();
         let root = server_dir("kontrol-pg-");
+        let mut guardian = Guardian::new(&root, "QUIT");
         if as_nobody {
             std::os::unix::fs::chown(&root, Some(NOBODY), Some(NOBODY)).expect("chown pg dir");
         }
@@ -104,7 +120,7 @@ impl PgServer {
                 .process_group(0)
                 .spawn()
                 .expect("spawn postgres");
-            let guardian = Guardian::watch(child.id(), &root);
+            guardian.watch_pid(child.id());
             let ready = poll_until(
                 "postgres to accept connections",
                 Duration::from_secs(60),
@@ -126,15 +142,17 @@ impl PgServer {
             if ready {
                 return PgServer {
                     port,
-                    _child: child,
-                    _guardian: guardian,
+                    child,
+                    root,
+                    guardian: Some(guardian),
                 };
             }
             // Exited early, most likely the port was taken meanwhile: try another one.
             last_log = read_log(&log_path);
-            guardian.disarm();
+            guardian.forget_pid();
         }
         let _ = std::fs::remove_dir_all(&root);
+        guardian.disarm();
         panic!("postgres did not start:\n{last_log}");
     }
 

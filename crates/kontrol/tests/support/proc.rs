@@ -35,31 +35,41 @@ pub fn poll_until<T>(what: &str, timeout: Duration, mut ready: impl FnMut() -> O
     }
 }
 
-/// Keeps a guardian shell alive as long as this process: it blocks reading its stdin, a pipe
-/// whose only writer is this process. When the process exits (however it ends) the pipe
-/// closes and the guardian stops `pid` (SIGTERM, then SIGKILL after 5 s) and removes `dir`.
-/// [`Guardian::disarm`] makes it exit without doing anything.
+/// A guardian shell that lives as long as this process and cleans up after it: it reads
+/// commands from its stdin, a pipe whose only writer is this process. When the process exits
+/// (however it ends, SIGKILL included) the pipe closes and the guardian stops the watched
+/// server (the given signal, then SIGKILL after 5 s) and removes the directory.
 pub struct Guardian {
     stdin: ChildStdin,
     child: Child,
 }
 
 impl Guardian {
-    pub fn watch(pid: u32, dir: &Path) -> Guardian {
+    /// Guards `dir`; `signal` (e.g. `TERM`) is what stops the server set by [`Guardian::watch_pid`].
+    pub fn new(dir: &Path, signal: &str) -> Guardian {
         let script = r#"
-            if read -r line; then exit 0; fi
-            kill -TERM "$1" 2>/dev/null
-            i=0
-            while kill -0 "$1" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-            kill -KILL "$1" 2>/dev/null
-            rm -rf "$2"
+            pid=
+            while read -r cmd arg; do
+                case "$cmd" in
+                    pid) pid=$arg ;;
+                    nopid) pid= ;;
+                    disarm) exit 0 ;;
+                esac
+            done
+            if [ -n "$pid" ]; then
+                kill -"$2" "$pid" 2>/dev/null
+                i=0
+                while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+                kill -KILL "$pid" 2>/dev/null
+            fi
+            rm -rf "$1"
         "#;
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
             .arg("guardian")
-            .arg(pid.to_string())
             .arg(dir)
+            .arg(signal)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -71,7 +81,24 @@ impl Guardian {
         Guardian { stdin, child }
     }
 
-    /// For a server that already exited (and was reaped): leave the pid alone.
+    fn send(&mut self, line: &str) {
+        self.stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .expect("talk to guardian");
+    }
+
+    /// The server to stop at exit.
+    pub fn watch_pid(&mut self, pid: u32) {
+        self.send(&format!("pid {pid}\n"));
+    }
+
+    /// The watched server exited (and was reaped): leave its pid alone.
+    pub fn forget_pid(&mut self) {
+        self.send("nopid\n");
+    }
+
+    /// Cleanup is done already: exit without doing anything.
     pub fn disarm(mut self) {
         let _ = self.stdin.write_all(b"disarm\n");
         drop(self.stdin);
@@ -107,4 +134,25 @@ pub fn run(cmd: &mut Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Stops `child`: `signal` (e.g. `TERM`), then SIGKILL if it is still running after `grace`;
+/// waits for it (no zombie).
+pub fn stop_child(child: &mut Child, signal: &str, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -50,6 +50,7 @@ macro_rules! replica_suite {
         $crate::support::suite::storage_suite!(@tests $env,
             replicas_share_records_and_events,
             replicas_share_key_pairs,
+            replicas_race_on_one_kite,
         );
     };
 }
@@ -830,4 +831,54 @@ pub async fn replicas_share_key_pairs(env: &TestEnv) {
         StorageError::KeyPairRemoved
     ));
     assert_eq!(a.current_key_pair().await.unwrap(), None);
+}
+
+/// Two replicas hammer the same kite id (re-registrations changing its version, refreshes):
+/// every operation succeeds or reports a conflict, and the store ends consistent — one
+/// record, reachable by every query path.
+pub async fn replicas_race_on_one_kite(env: &TestEnv) {
+    let a = std::sync::Arc::new(env.connect().await);
+    let b = std::sync::Arc::new(env.connect().await);
+    let mut tasks = Vec::new();
+    for t in 0..10 {
+        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0..4 {
+                let version = if (t + i) % 2 == 0 { "1.0.0" } else { "2.0.0" };
+                let k = kite("alice", "prod", "math", version, "eu", "h1", "same");
+                match s
+                    .upsert(&reg(&k, &format!("http://{t}-{i}/kite")), LONG)
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(StorageError::Conflict(_)) => {}
+                    Err(e) => panic!("upsert: {e}"),
+                }
+                match s.refresh("same", LONG).await {
+                    Ok(live) => assert!(live),
+                    Err(StorageError::Conflict(_)) => {}
+                    Err(e) => panic!("refresh: {e}"),
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    assert!(ok > 0);
+    for s in [&a, &b] {
+        let all = s.get(&q(&[("username", "alice")])).await.unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        let by_id = s.get(&q(&[("id", "same")])).await.unwrap();
+        assert_eq!(by_id, all);
+        let by_version = s
+            .get(&q(&[("version", &all[0].kite.version)]))
+            .await
+            .unwrap();
+        assert_eq!(by_version, all);
+        assert_eq!(s.count().await.unwrap(), 1);
+    }
 }
