@@ -94,6 +94,9 @@ impl fmt::Debug for ConnShared {
 #[derive(Clone, Debug)]
 pub struct Connection(pub(crate) Arc<ConnShared>);
 
+/// How long `close` waits to queue the close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -278,7 +281,8 @@ impl ConnShared {
         if self.closed.is_cancelled() {
             return;
         }
-        let _ = self.sender.close(3000, "Go away!").await;
+        // Bounded: a peer that stopped reading must not hold up the close.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sender.close(3000, "Go away!")).await;
         self.finish();
     }
 
