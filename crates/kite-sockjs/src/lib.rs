@@ -4,6 +4,8 @@
 //! Whatever the transport, the layer above sees one [`session::Session`]: a bounded queue of
 //! outgoing messages and a stream of incoming ones.
 
+pub mod client;
+pub mod server;
 pub mod session;
 
 pub use session::{Role, Session, SessionInfo, SessionReceiver, SessionSender, Transport};

@@ -322,4 +322,37 @@ impl TransportSide {
     pub async fn receiver_closed(&self) {
         self.inbound.closed().await
     }
+
+    /// A handle that delivers incoming messages independently of this `TransportSide`, so a
+    /// transport can wait for room in the incoming queue while it keeps draining outgoing
+    /// messages (both at once), or deliver from another task (e.g. an HTTP `xhr_send`).
+    /// The user's receiver ends only once the `TransportSide` and every `Deliverer` are gone.
+    pub fn deliverer(&self) -> Deliverer {
+        Deliverer {
+            inbound: self.inbound.clone(),
+        }
+    }
+}
+
+/// Delivers incoming messages of one session; see [`TransportSide::deliverer`].
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    inbound: mpsc::Sender<String>,
+}
+
+impl Deliverer {
+    /// Delivers one incoming message, waiting while the receiver's queue is full.
+    pub async fn deliver(&self, message: String) -> Result<(), ReceiverGone> {
+        self.inbound.send(message).await.map_err(|_| ReceiverGone)
+    }
+
+    /// Whether the user has dropped or closed the receiving half.
+    pub fn receiver_gone(&self) -> bool {
+        self.inbound.is_closed()
+    }
+
+    /// Completes when the user has dropped or closed the receiving half.
+    pub async fn receiver_closed(&self) {
+        self.inbound.closed().await
+    }
 }

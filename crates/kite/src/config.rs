@@ -212,8 +212,10 @@ impl Config {
     }
 
     /// Applies the `KITE_*` variables of `env` (7.1): empty values are ignored; an unknown
-    /// `KITE_TRANSPORT` or non-numeric `KITE_PORT` is an error; invalid durations are
-    /// silently ignored, like Go.
+    /// `KITE_TRANSPORT` or a `KITE_PORT` that is not a port number is an error; invalid
+    /// durations are silently ignored, like Go, and so are negative `KITE_TIMEOUT` /
+    /// `KITE_HANDSHAKE_TIMEOUT` values (Go would take them; they make no sense).
+    /// `KITE_HOME` is not a field: it is used by [`Config::load_from`] to find the kite.key.
     pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         let var = |name: &str| env.get(name).map(String::as_str).filter(|v| !v.is_empty());
         if let Some(v) = var("KITE_USERNAME") {

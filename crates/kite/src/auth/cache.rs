@@ -5,8 +5,60 @@
 //! the Kontrol settings it was filled under; inserts computed under an older generation are
 //! dropped, so a verification racing with a Kontrol key change cannot re-add a stale entry.
 
+use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{PoisonError, RwLock};
+
+/// How many trailing bytes of a key [`KeyHashing::Tail`] hashes.
+const TAIL: usize = 64;
+
+/// What part of a key string is hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyHashing {
+    /// The whole key. For keys an attacker can choose freely and get inserted.
+    Full,
+    /// Only the last [`TAIL`] bytes (keyed SipHash, full equality on lookup). For JWTs that
+    /// are inserted only after their signature verified: the tail is signature material,
+    /// unpredictable and not attacker-chosen, so collisions cannot be provoked, and a cache
+    /// hit costs a 64-byte hash instead of hashing the ~600-byte token.
+    Tail,
+}
+
+#[derive(Clone)]
+struct KeyHasherBuilder {
+    random: RandomState,
+    hashing: KeyHashing,
+}
+
+impl BuildHasher for KeyHasherBuilder {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            inner: self.random.build_hasher(),
+            hashing: self.hashing,
+        }
+    }
+}
+
+struct KeyHasher {
+    inner: DefaultHasher,
+    hashing: KeyHashing,
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        match self.hashing {
+            KeyHashing::Full => self.inner.write(bytes),
+            KeyHashing::Tail => self.inner.write(&bytes[bytes.len().saturating_sub(TAIL)..]),
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.inner.finish()
+    }
+}
 
 pub(crate) struct Cache<V> {
     inner: RwLock<Inner<V>>,
@@ -15,15 +67,18 @@ pub(crate) struct Cache<V> {
 
 struct Inner<V> {
     generation: u64,
-    map: HashMap<Box<str>, V>,
+    map: HashMap<Box<str>, V, KeyHasherBuilder>,
 }
 
 impl<V> Cache<V> {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, hashing: KeyHashing) -> Self {
         Self {
             inner: RwLock::new(Inner {
                 generation: 0,
-                map: HashMap::new(),
+                map: HashMap::with_hasher(KeyHasherBuilder {
+                    random: RandomState::new(),
+                    hashing,
+                }),
             }),
             capacity,
         }
@@ -78,7 +133,6 @@ impl<V> Cache<V> {
         inner.map.clear();
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.inner
             .read()
@@ -94,7 +148,7 @@ mod tests {
 
     #[test]
     fn bounded_and_generational() {
-        let cache = Cache::new(8);
+        let cache = Cache::new(8, KeyHashing::Tail);
         for i in 0..100 {
             cache.insert(0, &i.to_string(), i, |_| false);
             assert!(cache.len() <= 8);
@@ -110,8 +164,20 @@ mod tests {
         cache.remove("new");
         assert_eq!(cache.with("new", |v| *v), None);
 
-        let off = Cache::new(0);
+        let off = Cache::new(0, KeyHashing::Full);
         off.insert(0, "x", 1, |_| false);
         assert_eq!(off.with("x", |v| *v), None);
+    }
+
+    #[test]
+    fn tail_hashing_still_compares_whole_keys() {
+        let cache = Cache::new(8, KeyHashing::Tail);
+        let tail = "t".repeat(100);
+        cache.insert(0, &format!("a{tail}"), 1, |_| false);
+        cache.insert(0, &format!("b{tail}"), 2, |_| false);
+        assert_eq!(cache.with(&format!("a{tail}"), |v| *v), Some(1));
+        assert_eq!(cache.with(&format!("b{tail}"), |v| *v), Some(2));
+        assert_eq!(cache.with(&format!("c{tail}"), |v| *v), None);
+        assert_eq!(cache.with("short", |v| *v), None);
     }
 }

@@ -222,6 +222,11 @@ impl KeyPair {
         Self::from_private_key(uuid::Uuid::new_v4().to_string(), private)
     }
 
+    /// [`KeyPair::generate`] with [`DEFAULT_KEY_BITS`] (2048).
+    pub fn generate_default() -> Result<Self, KeyError> {
+        Self::generate(DEFAULT_KEY_BITS)
+    }
+
     /// Wraps an existing private key, deriving the PEM texts.
     pub fn from_private_key(
         id: impl Into<String>,

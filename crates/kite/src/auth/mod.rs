@@ -62,8 +62,8 @@ pub use keys::{
 };
 pub use verify::{
     trust_fn, verifier_fn, verify_audience, AudienceCheck, AuthSettings, Authenticated,
-    Authenticator, BoxFuture, CredentialVerifier, KontrolKeyTrust, DEFAULT_CACHE_CAPACITY,
-    DEFAULT_CLOCK_SKEW, DEFAULT_VERIFY_TTL, MAX_CLOCK_SKEW,
+    Authenticator, BoxFuture, CacheStats, CredentialVerifier, KontrolKeyTrust,
+    DEFAULT_CACHE_CAPACITY, DEFAULT_CLOCK_SKEW, DEFAULT_VERIFY_TTL, MAX_CLOCK_SKEW,
 };
 
 use crate::config::duration::{format_duration, go_quote};

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use kite_protocol::Kite;
 
-use super::cache::Cache;
+use super::cache::{Cache, KeyHashing};
 use super::issue::unix_seconds;
 use super::jwt::{self, Claims, Decoded};
 use super::keys::{KeyError, PublicKey};
@@ -275,6 +276,9 @@ struct TrustEntry {
 pub struct Authenticator {
     kontrol: RwLock<Arc<KontrolState>>,
     verifiers: RwLock<HashMap<String, Registered>>,
+    /// Fast path: `token` / `kiteKey` still map to the built-ins (no registry lookup).
+    builtin_token: AtomicBool,
+    builtin_kite_key: AtomicBool,
     trust: Option<Arc<dyn KontrolKeyTrust>>,
     audience: Option<AudienceCheck>,
     verify_ttl: Duration,
@@ -313,13 +317,16 @@ impl Authenticator {
                 generation: 0,
             })),
             verifiers: RwLock::new(verifiers),
+            builtin_token: AtomicBool::new(true),
+            builtin_kite_key: AtomicBool::new(true),
             trust: None,
             audience: None,
             verify_ttl: settings.verify_ttl,
             skew_secs: i64::try_from(skew.as_secs()).unwrap_or(300),
-            tokens: Cache::new(settings.cache_capacity),
-            kite_keys: Cache::new(settings.cache_capacity),
-            trusted: Cache::new(settings.cache_capacity),
+            tokens: Cache::new(settings.cache_capacity, KeyHashing::Tail),
+            kite_keys: Cache::new(settings.cache_capacity, KeyHashing::Tail),
+            // Keyed by PEM text, which an attacker can vary freely: hash all of it.
+            trusted: Cache::new(settings.cache_capacity, KeyHashing::Full),
         })
     }
 
@@ -344,19 +351,32 @@ impl Authenticator {
     /// Registers (or replaces) the verifier for credential type `auth_type`; registering
     /// `token` or `kiteKey` overrides the built-in one.
     pub fn register(&self, auth_type: impl Into<String>, verifier: Arc<dyn CredentialVerifier>) {
-        self.verifiers
+        let auth_type = auth_type.into();
+        let mut verifiers = self
+            .verifiers
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(auth_type.into(), Registered::Custom(verifier));
+            .unwrap_or_else(PoisonError::into_inner);
+        self.builtin_flag(&auth_type, false);
+        verifiers.insert(auth_type, Registered::Custom(verifier));
     }
 
     /// Removes the verifier for `auth_type` (built-ins included); later credentials of that
     /// type get `Unknown authentication type`.
     pub fn unregister(&self, auth_type: &str) {
-        self.verifiers
+        let mut verifiers = self
+            .verifiers
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(auth_type);
+            .unwrap_or_else(PoisonError::into_inner);
+        self.builtin_flag(auth_type, false);
+        verifiers.remove(auth_type);
+    }
+
+    fn builtin_flag(&self, auth_type: &str, value: bool) {
+        match auth_type {
+            TOKEN => self.builtin_token.store(value, Ordering::Release),
+            KITE_KEY => self.builtin_kite_key.store(value, Ordering::Release),
+            _ => {}
+        }
     }
 
     /// Sets the Kontrol public key (e.g. the `publicKey` or new kite key of a registration
@@ -437,12 +457,16 @@ impl Authenticator {
         local: &Kite,
         now: SystemTime,
     ) -> Result<Authenticated, AuthError> {
-        let registered = self
-            .verifiers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(auth_type)
-            .cloned();
+        let registered = match auth_type {
+            TOKEN if self.builtin_token.load(Ordering::Acquire) => Some(Registered::Token),
+            KITE_KEY if self.builtin_kite_key.load(Ordering::Acquire) => Some(Registered::KiteKey),
+            _ => self
+                .verifiers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(auth_type)
+                .cloned(),
+        };
         let result = match registered {
             None => return Err(AuthError::UnknownType(auth_type.to_owned())),
             Some(Registered::Token) => self.verify_token(key, local, now),
@@ -654,10 +678,25 @@ impl Authenticator {
             && not_before.is_none_or(|nb| now_s.saturating_add(self.skew_secs) >= nb)
     }
 
-    #[cfg(test)]
-    fn cached(&self) -> (usize, usize, usize) {
-        (self.tokens.len(), self.kite_keys.len(), self.trusted.len())
+    /// How many entries the caches hold (diagnostics).
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            tokens: self.tokens.len(),
+            kite_keys: self.kite_keys.len(),
+            trust_decisions: self.trusted.len(),
+        }
     }
+}
+
+/// Sizes of an [`Authenticator`]'s caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Verified tokens.
+    pub tokens: usize,
+    /// Verified kite keys.
+    pub kite_keys: usize,
+    /// Trust decisions about Kontrol keys named in kite keys.
+    pub trust_decisions: usize,
 }
 
 fn parse_optional_key(pem: &str) -> Result<Option<Arc<PublicKey>>, KeyError> {
@@ -773,10 +812,18 @@ mod tests {
         let key = issue_kite_key(&pair, "kontrol", "carol", "http://k/kite", now).unwrap();
         assert_eq!(auth.verify_token(&token, &me, now).unwrap(), "bob");
         assert_eq!(auth.verify_kite_key(&key, now).await.unwrap(), "carol");
-        assert_eq!(auth.cached(), (1, 1, 1));
+        let stats = auth.cache_stats();
+        assert_eq!(
+            (stats.tokens, stats.kite_keys, stats.trust_decisions),
+            (1, 1, 1)
+        );
         auth.set_kontrol_user("kontrol");
-        assert_eq!(auth.cached(), (0, 0, 0));
+        let stats = auth.cache_stats();
+        assert_eq!(
+            (stats.tokens, stats.kite_keys, stats.trust_decisions),
+            (0, 0, 0)
+        );
         assert_eq!(auth.verify_token(&token, &me, now).unwrap(), "bob");
-        assert_eq!(auth.cached().0, 1);
+        assert_eq!(auth.cache_stats().tokens, 1);
     }
 }

@@ -1,0 +1,178 @@
+//! SockJS over WebSocket, dialed like Go's kite client.
+
+use futures_util::{SinkExt, StreamExt};
+use kite_protocol::sockjs::{decode_server_frame, ServerFrame};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::net::{connect_stream, MaybeTlsStream, Target};
+use super::{encode_batch, session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
+use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
+
+type Ws = WebSocketStream<MaybeTlsStream>;
+
+/// How long a goodbye close frame may take to write before the connection is dropped.
+const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub(super) async fn connect(
+    target: &Target,
+    config: &ClientConfig,
+) -> Result<Session, ConnectError> {
+    let (server_id, session_id) = session_ids();
+    let path = format!(
+        "{}/{}/{}/websocket",
+        target.base_path, server_id, session_id
+    );
+    let url = format!(
+        "{}://{}{}",
+        if target.secure { "wss" } else { "ws" },
+        target.authority,
+        path
+    );
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::WebSocket(Box::new(e)))?;
+    let headers = request.headers_mut();
+    let header = |v: &str| {
+        http::HeaderValue::from_str(v).map_err(|_| ConnectError::InvalidUrl {
+            url: url.clone(),
+            reason: "the URL can't be used in an HTTP header",
+        })
+    };
+    headers.insert(http::header::ORIGIN, header(&target.origin())?);
+    if let Ok(ua) = http::HeaderValue::from_str(&config.user_agent) {
+        headers.insert(http::header::USER_AGENT, ua);
+    }
+    if let Some(cookie) = config
+        .cookies
+        .header_value(&target.host, &path, target.secure)
+    {
+        if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+            headers.insert(http::header::COOKIE, v);
+        }
+    }
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes));
+
+    let handshake = async {
+        let stream = connect_stream(target, config.tls.as_ref()).await?;
+        let peer = stream.peer_addr();
+        match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
+            Ok((ws, response)) => {
+                config
+                    .cookies
+                    .store_response_headers(&target.host, &path, response.headers());
+                Ok((ws, peer))
+            }
+            Err(tungstenite::Error::Http(response)) => {
+                config
+                    .cookies
+                    .store_response_headers(&target.host, &path, response.headers());
+                Err(ConnectError::HandshakeStatus {
+                    status: response.status(),
+                })
+            }
+            Err(e) => Err(ConnectError::WebSocket(Box::new(e))),
+        }
+    };
+    let (ws, peer) = tokio::time::timeout(config.handshake_timeout, handshake)
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            stage: "WebSocket handshake",
+            after: config.handshake_timeout,
+        })??;
+
+    let info = SessionInfo::new(session_id, Transport::WebSocket, Role::Dialed, peer);
+    let (session, side) = Session::pair(info, config.outgoing_queue, config.incoming_queue);
+    let inbound = side.deliverer();
+    tokio::spawn(run(ws, side, inbound, config.max_batch_bytes));
+    Ok(session)
+}
+
+/// The session's I/O: reading and writing run side by side; when either ends, the
+/// connection is dropped and both halves of the session are closed.
+async fn run(ws: Ws, outbound: TransportSide, inbound: Deliverer, max_batch_bytes: usize) {
+    let id = outbound.info().id().to_string();
+    let (sink, stream) = ws.split();
+    let why = tokio::select! {
+        why = read_loop(stream, &inbound) => why,
+        why = write_loop(sink, outbound, max_batch_bytes) => why,
+    };
+    tracing::debug!(session = %id, transport = "websocket", "SockJS client session ended: {why}");
+}
+
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<Ws>,
+    inbound: &Deliverer,
+) -> String {
+    loop {
+        let message = tokio::select! {
+            m = stream.next() => m,
+            _ = inbound.receiver_closed() => return "the receiver was dropped".into(),
+        };
+        let text = match message {
+            None => return "the server closed the connection".into(),
+            Some(Err(e)) => return format!("read error: {e}"),
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                return format!("the server sent a WebSocket close frame {frame:?}")
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return "protocol error: the server sent a binary frame".into()
+            }
+            Some(Ok(_)) => continue, // ping / pong: handled by tungstenite
+        };
+        match decode_server_frame(text.as_str()) {
+            Ok(ServerFrame::Open) | Ok(ServerFrame::Heartbeat) => {}
+            Ok(ServerFrame::Messages(messages)) => {
+                for message in messages {
+                    if inbound.deliver(message).await.is_err() {
+                        return "the receiver was dropped".into();
+                    }
+                }
+            }
+            Ok(ServerFrame::Close { code, reason }) => {
+                return format!("the server closed the session: {code} {reason:?}")
+            }
+            Ok(ServerFrame::Empty) => return "the server sent an empty frame".into(),
+            Err(e) => return format!("protocol error: {e}"),
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut outbound: TransportSide,
+    max_batch_bytes: usize,
+) -> String {
+    let mut batch = Vec::with_capacity(16);
+    let mut frames = Vec::with_capacity(1);
+    loop {
+        let more = outbound.next_batch(&mut batch, MAX_BATCH_ITEMS).await;
+        let close = !more || encode_batch(&mut batch, &mut frames, max_batch_bytes);
+        for frame in frames.drain(..) {
+            if let Err(e) = sink.feed(Message::text(frame)).await {
+                return format!("write error: {e}");
+            }
+        }
+        if let Err(e) = sink.flush().await {
+            return format!("write error: {e}");
+        }
+        if close {
+            // Say goodbye with a close frame; don't wait long for a slow peer.
+            let _ =
+                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(None))).await;
+            return if more {
+                "closed by the user".into()
+            } else {
+                "every sender was dropped".into()
+            };
+        }
+    }
+}
