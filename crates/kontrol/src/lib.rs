@@ -4,6 +4,8 @@
 //!   (`register`), liveness (heartbeats extend a registration by interval + grace), discovery
 //!   with tokens (`getKites`, `getToken`), key distribution (`getKey`), machine registration
 //!   (`registerMachine`), watching (REGISTER/DEREGISTER events) and key-pair rotation.
+//! * [`kite_service`] is the `kontrol` kite: Kontrol's methods over the kite protocol, with
+//!   `kite.heartbeat` liveness, plus the HTTP endpoints.
 //! * [`http`] serves `POST /register`, `GET /heartbeat` and `GET /healthz` as an axum router.
 //! * [`storage`] keeps registrations and key pairs (embedded, PostgreSQL or etcd).
 //!
@@ -27,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 mod keys;
+pub mod kite_service;
 pub mod service;
 pub mod storage;
 mod tokens;
