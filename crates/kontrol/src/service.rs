@@ -653,17 +653,27 @@ impl Kontrol {
             }
             *secret = None;
         }
-        let current = self.inner.keys.current();
-        let key = kite::auth::issue_kite_key(
-            &current,
+        let key = self.issue_kite_key(username)?;
+        tracing::info!(username, "kontrol: issued a machine kite key");
+        Ok(key)
+    }
+
+    /// Issues a kite key for `username` signed by the current pair (what an operator hands
+    /// to a user or machine; PROTOCOL.md 6.3). The username must be non-empty, without `/`.
+    pub fn issue_kite_key(&self, username: &str) -> Result<String, KontrolError> {
+        if username.is_empty() || username.contains('/') {
+            return Err(KontrolError::InvalidArgument(format!(
+                "invalid username {username:?}"
+            )));
+        }
+        kite::auth::issue_kite_key(
+            &self.inner.keys.current(),
             self.inner.config.username(),
             username,
             &self.inner.config.kontrol_url,
             SystemTime::now(),
         )
-        .map_err(KontrolError::Signing)?;
-        tracing::info!(username, "kontrol: issued a machine kite key");
-        Ok(key)
+        .map_err(KontrolError::Signing)
     }
 
     /// Sets (or clears) the one-time `registerMachine` secret at run time.
