@@ -330,3 +330,70 @@ async fn serves_and_dials_over_tls() {
     assert!(plain.dial_timeout(Duration::from_secs(3)).await.is_err());
     served.handle.shutdown();
 }
+
+/// A peer answering every request with the response shape named by its first argument
+/// (kite.js browsers reply `[err, result]`, PROTOCOL.md 11.4).
+async fn odd_responder() -> (String, tokio::task::JoinHandle<()>) {
+    let app =
+        kite_sockjs::server::router(kite_sockjs::server::ServerConfig::default(), |session| {
+            tokio::spawn(async move {
+                let (tx, mut rx) = session.split();
+                while let Some(text) = rx.recv().await {
+                    let m: Value = serde_json::from_str(&text).unwrap();
+                    let (id, _) = m["callbacks"].as_object().unwrap().iter().next().unwrap();
+                    let id: u64 = id.parse().unwrap();
+                    let arguments = match m["arguments"][0]["withArgs"][0].as_str().unwrap() {
+                        "canonical" => json!([{"error": null, "result": "pong"}]),
+                        "pair" => json!([null, "pong"]),
+                        "empty" => json!([]),
+                        "null" => json!([null]),
+                        "pairError" => json!([{"message": "js failure"}, null]),
+                        "string" => json!(["plain failure"]),
+                        _ => json!([1, 2, 3]),
+                    };
+                    let reply =
+                        json!({"method": id, "arguments": arguments, "callbacks": {}, "links": []});
+                    if tx.send(reply.to_string()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}/kite"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liberal_response_decoding() {
+    let (url, task) = odd_responder().await;
+    let k = client_kite(Transport::WebSocket);
+    let c = k.new_client(&url);
+    c.dial().await.unwrap();
+    for (shape, want) in [
+        ("canonical", Ok(json!("pong"))),
+        ("pair", Ok(json!("pong"))),
+        ("empty", Ok(Value::Null)),
+        ("null", Ok(Value::Null)),
+        ("pairError", Err(("genericError", "js failure"))),
+        ("string", Err(("genericError", "plain failure"))),
+        ("three", Err(("invalidResponse", "Invalid array length"))),
+    ] {
+        let got = c.tell("anything", &(shape,)).await;
+        match (got, want) {
+            (Ok(r), Ok(v)) => assert_eq!(r.value(), &v, "{shape}"),
+            (Err(e), Err((kind, message))) => {
+                assert_eq!(
+                    (e.kind.as_str(), e.message.as_str()),
+                    (kind, message),
+                    "{shape}"
+                )
+            }
+            (got, want) => panic!("{shape}: got {got:?}, want {want:?}"),
+        }
+    }
+    task.abort();
+}
