@@ -365,6 +365,21 @@ impl Kontrol {
         owner.clone_into(&mut kite.username);
         kite.validate_for_registration()?;
 
+        // A kite id live under another user's name cannot be taken over.
+        let by_id = KontrolQuery {
+            id: kite.id.clone(),
+            ..KontrolQuery::default()
+        };
+        let existing = self
+            .inner
+            .storage
+            .get(&by_id)
+            .await
+            .map_err(storage_err("register"))?;
+        if existing.iter().any(|r| r.kite.username != kite.username) {
+            return Err(KontrolError::IdTaken(kite.id));
+        }
+
         let (key_id, public_key, kite_key) = self.resolve_kite_key(claims).await?;
         let registration = Registration { kite, url, key_id };
         self.inner
