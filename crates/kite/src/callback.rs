@@ -124,7 +124,32 @@ pub(crate) fn to_value_collecting<T: Serialize + ?Sized>(
         .map(|(_, list)| list)
         .unwrap_or_default();
     drop(restore);
-    Ok((result?, list))
+    let mut value = result?;
+    go_number_format(&mut value);
+    Ok((value, list))
+}
+
+/// Rewrites integral floats (`49.0`) as integers (`49`), the way Go's `encoding/json`
+/// writes a `float64`, so results are byte-compatible with Go kites: a Go caller decoding
+/// `49.0` into an `int` would fail. Only values exactly representable (|x| ≤ 2^53) change.
+pub(crate) fn go_number_format(value: &mut Value) {
+    const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let mut stack: Vec<&mut Value> = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Number(n) => {
+                if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                    if f.fract() == 0.0 && f.abs() <= MAX_EXACT {
+                        // `as` is exact here: f is integral and within 2^53.
+                        *v = Value::from(f as i64);
+                    }
+                }
+            }
+            Value::Array(items) => stack.extend(items.iter_mut()),
+            Value::Object(map) => stack.extend(map.values_mut()),
+            _ => {}
+        }
+    }
 }
 
 /// Runs `f` with remote functions binding to `conn`.
@@ -222,5 +247,21 @@ mod tests {
         );
         assert_eq!(list.len(), 2);
         assert!(serde_json::to_value(Function::new(|_| {})).is_err());
+    }
+}
+
+#[cfg(test)]
+mod number_format_tests {
+    use super::go_number_format;
+    use serde_json::json;
+
+    #[test]
+    fn integral_floats_are_written_as_go_writes_them() {
+        let mut v = json!([49.0, 2.5, -0.0, {"a": [1e15, 1e300]}, "x", 7]);
+        go_number_format(&mut v);
+        assert_eq!(
+            v.to_string(),
+            r#"[49,2.5,0,{"a":[1000000000000000,1e+300]},"x",7]"#
+        );
     }
 }

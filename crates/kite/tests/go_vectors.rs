@@ -50,26 +50,9 @@ fn messages(frame: &str) -> Vec<Value> {
         .collect()
 }
 
-/// JSON numbers compared by value (Go writes `49` where serde writes `49.0`).
-fn numbers_as_f64(v: &mut Value) {
-    match v {
-        Value::Number(n) => {
-            if let Some(f) = n.as_f64() {
-                if let Some(m) = serde_json::Number::from_f64(f) {
-                    *n = m;
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(numbers_as_f64),
-        Value::Object(o) => o.values_mut().for_each(numbers_as_f64),
-        _ => {}
-    }
-}
-
 /// Replaces request ids (16 hex) in error objects and the caller's random identity fields;
-/// compares numbers by value.
+/// numbers must be written exactly as Go writes them (`49`, not `49.0`).
 fn normalize(mut v: Value) -> Value {
-    numbers_as_f64(&mut v);
     if let Some(args) = v.get_mut("arguments").and_then(Value::as_array_mut) {
         for a in args {
             if let Some(id) = a.pointer_mut("/error/id") {

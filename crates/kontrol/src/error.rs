@@ -40,6 +40,9 @@ pub enum KontrolError {
         /// The kite key's `sub`.
         owner: String,
     },
+    /// The kite id is registered (live) by another user.
+    #[error("kite id {0} is registered by another user")]
+    IdTaken(String),
     /// The kite key names a Kontrol key this Kontrol does not have (or no key can be used).
     #[error("no valid authentication key found")]
     NoValidKey,

@@ -365,6 +365,21 @@ impl Kontrol {
         owner.clone_into(&mut kite.username);
         kite.validate_for_registration()?;
 
+        // A kite id live under another user's name cannot be taken over.
+        let by_id = KontrolQuery {
+            id: kite.id.clone(),
+            ..KontrolQuery::default()
+        };
+        let existing = self
+            .inner
+            .storage
+            .get(&by_id)
+            .await
+            .map_err(storage_err("register"))?;
+        if existing.iter().any(|r| r.kite.username != kite.username) {
+            return Err(KontrolError::IdTaken(kite.id));
+        }
+
         let (key_id, public_key, kite_key) = self.resolve_kite_key(claims).await?;
         let registration = Registration { kite, url, key_id };
         self.inner
@@ -693,7 +708,7 @@ impl Kontrol {
     /// registers or goes away, until `sink` reports the peer gone, the watcher is cancelled
     /// ([`cancel_watcher`](Self::cancel_watcher), [`cancel_watchers`](Self::cancel_watchers))
     /// or Kontrol shuts down. Events are `{"err"|"error": null, "result": {"action":
-    /// "REGISTER"|"DEREGISTER", "kite", "url", "token"?}}` (`err` for kite.js's
+    /// "REGISTER"|"DEREGISTER", "kite", "url", "token"}}` (`err` for kite.js's
     /// `watchHandler`, `error` for Go's `watchCallback`); a loss of events is reported as
     /// `{"err": {"type": "genericError", "message": ...}}` and watching goes on.
     /// `owner` scopes cancellation (use one per connection).
@@ -782,19 +797,19 @@ impl Kontrol {
     ) -> Option<Value> {
         let mut result = Map::new();
         result.insert("action".into(), Value::from(action.as_str()));
-        if action == WatchAction::Register {
-            let audience = self.audience(query, &record.kite);
-            match self
-                .token_for(&audience, &record.key_id, requester, false)
-                .await
-            {
-                Ok(token) => {
-                    result.insert("token".into(), Value::from(token));
-                }
-                Err(e) => {
-                    tracing::warn!(kite = %record.kite, error = %e, "kontrol: no token for a watch event; skipped");
-                    return None;
-                }
+        // DEREGISTER events carry a token too: kite.js builds a client from every event
+        // and fails on a missing token.
+        let audience = self.audience(query, &record.kite);
+        match self
+            .token_for(&audience, &record.key_id, requester, false)
+            .await
+        {
+            Ok(token) => {
+                result.insert("token".into(), Value::from(token));
+            }
+            Err(e) => {
+                tracing::warn!(kite = %record.kite, error = %e, "kontrol: no token for a watch event; skipped");
+                return None;
             }
         }
         result.insert("url".into(), Value::from(record.url));

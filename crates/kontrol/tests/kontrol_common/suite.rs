@@ -728,6 +728,22 @@ pub async fn bad_input_changes_nothing(env: &TestEnv) {
             .1,
         "kite username \"bob\" does not match the kite key's username \"alice\""
     );
+    // Taking over a live kite id of another user.
+    let bobs = kite("bob", "math");
+    let bob_key = key_for(&kontrol, "bob");
+    kontrol
+        .register(&bobs, Some(&kite_key_auth(&bob_key)), Some(&url))
+        .await
+        .unwrap();
+    let mut hijack = bobs.clone();
+    hijack.username = "alice".into();
+    assert_eq!(
+        reg(hijack, Some(kite_key_auth(&good_key)), url.clone())
+            .await
+            .1,
+        format!("kite id {} is registered by another user", bobs.id)
+    );
+    assert!(kontrol.deregister(&bobs.id).await.unwrap());
     // Identity fields.
     let mut slash = k.clone();
     slash.name = "ma/th".into();
