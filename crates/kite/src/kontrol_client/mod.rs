@@ -450,7 +450,16 @@ impl KontrolClient {
                 state.track(task.abort_handle());
             }
         });
-        client.on_disconnect(|| warn!("disconnected from Kontrol"));
+        let weak = Arc::downgrade(&self.state);
+        client.on_disconnect(move || {
+            // Not worth a warning when the Kontrol client was closed on purpose.
+            if weak
+                .upgrade()
+                .is_some_and(|s| !s.closed.load(Ordering::SeqCst))
+            {
+                warn!("disconnected from Kontrol");
+            }
+        });
         *slot = Some(client.clone());
         Ok(client)
     }
