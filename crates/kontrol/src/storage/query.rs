@@ -8,15 +8,7 @@ use super::error::ValidationError;
 use super::{Limits, NewKeyPair, Registration};
 
 /// JSON keys of the seven identity fields, in canonical order.
-pub(crate) const FIELDS: [&str; 7] = [
-    "username",
-    "environment",
-    "name",
-    "version",
-    "region",
-    "hostname",
-    "id",
-];
+pub(crate) use kite_protocol::identity::FIELD_KEYS as FIELDS;
 
 /// Index of `version` in [`FIELDS`].
 pub(crate) const VERSION: usize = 3;
