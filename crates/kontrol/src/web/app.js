@@ -125,6 +125,7 @@
       root.append(el('p', 'empty', kites.size === 0 ? 'No kites are registered.' : 'No kite matches the filter.'))
     }
     listEl.replaceChildren(root)
+    listEl.dataset.filter = q // what this rendering shows (tests wait on it)
     updateStatus(entries.length)
   }
 
