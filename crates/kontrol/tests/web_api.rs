@@ -43,7 +43,10 @@ async fn page_and_assets() {
     let s = start().await;
     let page = http(s.addr, "GET", "/", None, b"").await;
     assert_eq!(page.status, 200);
-    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let csp = page.header("content-security-policy").unwrap();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
@@ -69,7 +72,10 @@ async fn page_and_assets() {
 
     // The other Kontrol endpoints are still there; unknown paths are 404.
     assert_eq!(http(s.addr, "GET", "/healthz", None, b"").await.status, 200);
-    assert_eq!(http(s.addr, "GET", "/web/nope", None, b"").await.status, 404);
+    assert_eq!(
+        http(s.addr, "GET", "/web/nope", None, b"").await.status,
+        404
+    );
     s.shutdown().await;
 }
 
@@ -141,7 +147,12 @@ async fn snapshot_lists_live_kites_without_secrets() {
 async fn snapshot_is_truncated_at_max_kites() {
     let s = start_with(|c| c.web.max_kites = 2, |_| {}).await;
     for name in ["a", "b", "c"] {
-        register(s.kontrol(), &kite("alice", name), "http://127.0.0.1:7001/kite").await;
+        register(
+            s.kontrol(),
+            &kite("alice", name),
+            "http://127.0.0.1:7001/kite",
+        )
+        .await;
     }
     let snap = http(s.addr, "GET", "/api/kites", None, b"").await.json();
     assert_eq!(snap["total"], 4);
@@ -184,7 +195,13 @@ async fn sse_snapshot_register_deregister_expiry() {
     assert_eq!(ev.data["kite"], serde_json::to_value(&math).unwrap());
     assert_eq!(ev.data["url"], "http://127.0.0.1:7001/kite");
     assert!(ev.data["registeredAt"].as_u64().unwrap() <= ev.data["now"].as_u64().unwrap());
-    let mut keys: Vec<&str> = ev.data.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = ev
+        .data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["kite", "now", "registeredAt", "url"]);
 
@@ -237,12 +254,12 @@ async fn live_connections_are_bounded() {
     assert_eq!(one.expect_event(EVENT_WAIT).await.event, "snapshot");
     let refused = http(s.addr, "GET", "/api/watch", None, b"").await;
     assert_eq!(refused.status, 503);
-    assert_eq!(
-        refused.json()["err"],
-        "too many live connections (limit 1)"
-    );
+    assert_eq!(refused.json()["err"], "too many live connections (limit 1)");
     // The snapshot endpoint is not bounded by it.
-    assert_eq!(http(s.addr, "GET", "/api/kites", None, b"").await.status, 200);
+    assert_eq!(
+        http(s.addr, "GET", "/api/kites", None, b"").await.status,
+        200
+    );
     // Closing the first frees its slot (noticed at the next keep-alive write).
     drop(one);
     let mut two = wait_for("the slot to be released", EVENT_WAIT, || async {
@@ -258,7 +275,11 @@ async fn live_connections_are_bounded() {
 async fn disabled_page_is_not_served() {
     let s = start_with(|c| c.web.enabled = false, |_| {}).await;
     for path in ["/", "/web/app.js", "/api/kites", "/api/watch"] {
-        assert_eq!(http(s.addr, "GET", path, None, b"").await.status, 404, "{path}");
+        assert_eq!(
+            http(s.addr, "GET", path, None, b"").await.status,
+            404,
+            "{path}"
+        );
     }
     assert_eq!(http(s.addr, "GET", "/healthz", None, b"").await.status, 200);
     s.shutdown().await;

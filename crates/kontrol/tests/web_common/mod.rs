@@ -5,11 +5,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kite_protocol::Kite;
 use kontrol::kite_service::KontrolKite;
-use kontrol::storage::StorageConfig;
+use kontrol::storage::{Storage, StorageConfig};
 use kontrol::{Kontrol, KontrolConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,10 +21,12 @@ use crate::support::{self, TestEnv};
 /// A running `kontrol` kite (SockJS + HTTP routes, web page included).
 pub struct Server {
     pub server: Arc<KontrolKite>,
+    pub storage: Arc<Storage>,
     pub addr: SocketAddr,
     /// `http://127.0.0.1:<port>`
     pub origin: String,
-    _env: TestEnv,
+    serving: tokio::task::JoinHandle<()>,
+    env: TestEnv,
 }
 
 impl Server {
@@ -34,6 +36,72 @@ impl Server {
 
     pub async fn shutdown(&self) {
         self.server.shutdown().await;
+    }
+
+    /// Shuts Kontrol and its server down, waits until the store is released and closed, and
+    /// hands the store back (to restart on it).
+    pub async fn stop(self) -> TestEnv {
+        let Server {
+            server,
+            storage,
+            serving,
+            env,
+            ..
+        } = self;
+        server.shutdown().await;
+        tokio::time::timeout(Duration::from_secs(20), serving)
+            .await
+            .expect("the server stops")
+            .unwrap();
+        drop(server);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut storage = storage;
+        loop {
+            match Arc::try_unwrap(storage) {
+                Ok(s) => {
+                    s.close().await.unwrap();
+                    return env;
+                }
+                Err(s) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "kontrol did not release its store"
+                    );
+                    storage = s;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Starts Kontrol on `env`'s store, listening on 127.0.0.1:`port` (0: any), with the test
+/// timings and `tweak` applied.
+pub async fn start_in(env: TestEnv, port: u16, tweak: impl FnOnce(&mut KontrolConfig)) -> Server {
+    let storage = Arc::new(env.connect().await);
+    let mut kite = KontrolKite::new_kite("0.0.1").unwrap();
+    kite.config.ip = "127.0.0.1".into();
+    kite.config.port = port;
+    let mut config = test_config();
+    config.kontrol_url = String::new();
+    tweak(&mut config);
+    let server = Arc::new(
+        KontrolKite::start(kite, config, Arc::clone(&storage))
+            .await
+            .unwrap(),
+    );
+    let addr = server.kite().local_addr().unwrap();
+    let s = Arc::clone(&server);
+    let serving = tokio::spawn(async move {
+        s.serve().await.unwrap();
+    });
+    Server {
+        server,
+        storage,
+        addr,
+        origin: format!("http://{addr}"),
+        serving,
+        env,
     }
 }
 
@@ -47,23 +115,7 @@ pub async fn start_with(
     if let StorageConfig::Embedded(c) = &mut env.config {
         tweak_store(c);
     }
-    let storage = Arc::new(env.connect().await);
-    let mut kite = KontrolKite::new_kite("0.0.1").unwrap();
-    kite.config.ip = "127.0.0.1".into();
-    kite.config.port = 0;
-    let mut config = test_config();
-    config.kontrol_url = String::new();
-    tweak(&mut config);
-    let server = Arc::new(KontrolKite::start(kite, config, storage).await.unwrap());
-    let addr = server.kite().local_addr().unwrap();
-    let s = Arc::clone(&server);
-    tokio::spawn(async move { s.serve().await });
-    Server {
-        server,
-        addr,
-        origin: format!("http://{addr}"),
-        _env: env,
-    }
+    start_in(env, 0, tweak).await
 }
 
 pub async fn start() -> Server {
@@ -116,7 +168,10 @@ impl SseClient {
             if let Some(i) = c.raw.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i;
             }
-            assert!(c.read_more(Duration::from_secs(10)).await, "no response head");
+            assert!(
+                c.read_more(Duration::from_secs(10)).await,
+                "no response head"
+            );
         };
         let head = String::from_utf8(c.raw[..split].to_vec()).unwrap();
         c.raw.drain(..split + 4);
@@ -160,11 +215,9 @@ impl SseClient {
             let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
                 return;
             };
-            let size = usize::from_str_radix(
-                std::str::from_utf8(&self.raw[..eol]).unwrap().trim(),
-                16,
-            )
-            .unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.raw[..eol]).unwrap().trim(), 16)
+                    .unwrap();
             if size == 0 {
                 self.ended = true;
                 return;
