@@ -160,6 +160,15 @@ impl Matcher {
         })
     }
 
+    /// The matcher of every kite (an all-empty query, which [`Matcher::compile`] refuses):
+    /// for listing and watching the whole registry (`Storage::get_all`, `Storage::watch_all`).
+    pub(crate) fn everything() -> Matcher {
+        Matcher {
+            query: KontrolQuery::default(),
+            version: VersionFilter::Any,
+        }
+    }
+
     /// Whether `kite` satisfies the query; the same rule as the protocol crate's
     /// `QueryMatcher::matches`, with the version filter parsed once.
     pub(crate) fn matches(&self, kite: &Kite) -> bool {
