@@ -496,7 +496,7 @@ impl Storage {
     /// no particular order; empty when nothing matches.
     ///
     /// Errors: [`ValidationError::EmptyQuery`] (`all query fields are empty`),
-    /// [`ValidationError::MalformedConstraint`] (`Malformed constraint: latest`), a field
+    /// [`ValidationError::Version`] (`Malformed constraint: latest`), a field
     /// containing `/` or too long.
     pub async fn get(&self, query: &KontrolQuery) -> Result<Vec<KiteRecord>> {
         let matcher = Matcher::compile(query, &self.limits)?;
