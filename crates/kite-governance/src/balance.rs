@@ -8,7 +8,7 @@
 //! reconnect after drops). A call goes to an instance that is connected and whose
 //! instance breaker lets it through; if sending fails before the request left
 //! (`sendError`, e.g. the instance just disconnected) the balancer fails over to another
-//! instance at once. Removed instances get no new calls; they are closed when their
+//! instance at once; retries of a call prefer instances it has not tried. Removed instances get no new calls; they are closed when their
 //! in-flight calls finish (or after [`BalancerConfig::drain_timeout`]). When no instance
 //! is usable the call waits up to [`BalancerConfig::ready_timeout`] (bounded by its
 //! deadline) for one, then fails with `noInstanceError` (`circuitOpenError` when
@@ -17,8 +17,9 @@
 //! Least-loaded: two distinct usable instances are drawn at random and the one with the
 //! lower load wins; load = (in-flight calls + 1) × peak-EWMA latency, where the latency
 //! estimate jumps up to any slower sample, decays towards faster ones and towards zero
-//! with time ([`BalancerConfig::decay`]); failures and abandoned calls count as at least
-//! [`BalancerConfig::failure_penalty`]. Slow and failing instances thus get less traffic.
+//! with time ([`BalancerConfig::decay`]); timeouts, disconnects and abandoned calls count
+//! as at least [`BalancerConfig::failure_penalty`]. Slow instances thus get less traffic;
+//! instances that fail fast are taken out by their instance breaker.
 
 use std::fmt;
 use std::future::Future;
@@ -77,7 +78,8 @@ pub struct BalancerConfig {
     pub decay: Duration,
     /// Latency assumed for an instance without samples (default 10 ms).
     pub default_rtt: Duration,
-    /// Latency recorded for a failed or abandoned call, at least (default 1 s).
+    /// Latency recorded for a call that timed out, lost its connection or was abandoned,
+    /// at least (default 1 s).
     pub failure_penalty: Duration,
     /// Timeout of calls without a deadline (default 60 s).
     pub call_timeout: Option<Duration>,
@@ -545,7 +547,19 @@ impl Balancer {
         loop {
             rx.borrow_and_update();
             let set = read(&self.shared.set).clone();
-            let Some(slot) = self.pick(&set, &call, &tried) else {
+            let visited: Vec<Arc<str>> = call
+                .visited
+                .as_ref()
+                .map(|v| lock(v).clone())
+                .unwrap_or_default();
+            let fresh = if visited.is_empty() {
+                None
+            } else {
+                let mut avoid = tried.clone();
+                avoid.extend(visited);
+                self.pick(&set, &call, &avoid)
+            };
+            let Some(slot) = fresh.or_else(|| self.pick(&set, &call, &tried)) else {
                 if let Some(e) = last {
                     return Err(e);
                 }
@@ -586,16 +600,18 @@ impl Balancer {
             if let Some(m) = &self.shared.metrics {
                 m.instance_call(&call.tuple, &slot.id);
             }
+            if let Some(v) = &call.visited {
+                lock(v).push(slot.id.clone());
+            }
             let guard = InFlight::new(slot.clone(), &self.shared.config);
             let r = slot.svc.clone().call(call.clone()).await;
-            let failed = r.as_ref().err().is_some_and(|e| {
-                self.shared
-                    .config
-                    .instance_breaker
-                    .as_ref()
-                    .map_or(e.kind != KiteError::ARGUMENT_ERROR, |c| c.is_failure(e))
-            });
-            guard.finish(failed);
+            // Slow or dead signals weigh as the failure penalty; fast application
+            // failures are the instance breaker's business.
+            let slow = r
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.kind == KiteError::TIMEOUT || e.kind == KiteError::DISCONNECT);
+            guard.finish(slow);
             if let Some(p) = permit {
                 p.record(r.as_ref().map(|_| ()));
             }

@@ -350,7 +350,7 @@ pub(crate) fn metrics_observer(
     instance: Arc<str>,
 ) -> Arc<dyn Fn(BreakerState) + Send + Sync> {
     let m = metrics.clone();
-    m.circuit(&tuple, &instance, CircuitGauge::Closed);
+    m.circuit_created(&tuple, &instance);
     Arc::new(move |s| {
         let g = match s {
             BreakerState::Closed => CircuitGauge::Closed,

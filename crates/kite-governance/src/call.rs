@@ -40,7 +40,13 @@ pub struct Call {
     pub trace: Option<TraceContext>,
     /// More envelope fields to send (next to `withArgs`).
     pub fields: Option<Box<EnvelopeFields>>,
+    /// Instances already tried by earlier attempts of this call (shared by its clones,
+    /// set up by the retry layer): balancers prefer others.
+    pub(crate) visited: Option<Visited>,
 }
+
+/// Instances attempted by a call and its retries.
+pub(crate) type Visited = std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<str>>>>;
 
 impl Call {
     /// A call described by `tuple` with `args`.
@@ -52,6 +58,7 @@ impl Call {
             key: None,
             trace: None,
             fields: None,
+            visited: None,
         }
     }
 

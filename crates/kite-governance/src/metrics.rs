@@ -397,12 +397,21 @@ impl Metrics {
         self.0.instance_calls.get_or_create(&l).inc();
     }
 
-    /// Records a breaker's new state.
+    /// Records a breaker's new state (a transition).
     pub fn circuit(&self, tuple: &FiveTuple, instance: &Arc<str>, state: CircuitGauge) {
         let l = Labels::new(tuple).with("instance", instance.clone());
         self.0.circuit_state.get_or_create(&l).set(state as i64);
         let l = l.with("state", Arc::from(state.name()));
         self.0.circuit_transitions.get_or_create(&l).inc();
+    }
+
+    /// Records a new breaker (closed), without counting a transition.
+    pub fn circuit_created(&self, tuple: &FiveTuple, instance: &Arc<str>) {
+        let l = Labels::new(tuple).with("instance", instance.clone());
+        self.0
+            .circuit_state
+            .get_or_create(&l)
+            .set(CircuitGauge::Closed as i64);
     }
 }
 

@@ -11,12 +11,16 @@
 //!
 //! and the budget allows it: every call deposits [`RetryBudget::ratio`] of a token, every
 //! retry (or hedge) takes one; [`RetryBudget::min_per_second`] tokens are added per second
-//! so low-traffic callers can still retry; at most [`RetryBudget::max_tokens`] are kept.
+//! (and one second's worth is there at the start) so low-traffic callers can still retry;
+//! at most [`RetryBudget::max_tokens`] are kept.
 //! Retries also stop when the call's deadline leaves no time. Between attempts the layer
 //! waits `backoff` (doubling per attempt, ± 50 % jitter, capped).
 //!
 //! Hedging (idempotent methods with a hedge delay): when no answer came after the delay,
 //! a second request is sent (taking a budget token) and the first answer wins.
+//!
+//! Retries and hedges behind a [`Balancer`](crate::Balancer) prefer instances the call
+//! has not tried yet.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -69,12 +73,13 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// An empty budget with `params`.
+    /// A budget with `params`, starting with one second's worth of
+    /// [`RetryBudget::min_per_second`] tokens (at most `max_tokens`).
     pub fn new(params: RetryBudget) -> Self {
         Budget {
             params,
             state: Arc::new(Mutex::new(BudgetState {
-                tokens: 0.0,
+                tokens: params.min_per_second.min(params.max_tokens).max(0.0),
                 at: Instant::now(),
             })),
         }
@@ -303,6 +308,10 @@ where
     S: Service<Call, Response = Value, Error = KiteError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    let mut call = call;
+    if call.visited.is_none() {
+        call.visited = Some(Default::default());
+    }
     layer.budget.deposit();
     let mut attempts = 1;
     loop {
@@ -360,7 +369,7 @@ mod tests {
             min_per_second: 2.0,
             max_tokens: 3.0,
         });
-        assert!(!b.withdraw());
+        assert!(b.withdraw() && b.withdraw() && !b.withdraw());
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(b.withdraw() && b.withdraw() && b.withdraw() && !b.withdraw());
     }
