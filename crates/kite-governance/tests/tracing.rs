@@ -136,63 +136,64 @@ async fn client_and_server_spans_share_one_trace() {
         serde_json::json!("leaf result")
     );
 
-    let store = collector.0.lock().unwrap();
-    let find = |name: &str, method: &str| {
-        let found: Vec<&SpanRec> = store
-            .spans
-            .iter()
-            .filter(|s| {
-                s.name == name && s.fields.get("method").map(String::as_str) == Some(method)
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "{name} {method}: {:?}", store.spans);
-        found[0].clone()
-    };
-    let c1 = find("kite.client", "relay");
-    let s1 = find("kite.server", "relay");
-    let c2 = find("kite.client", "leaf");
-    let s2 = find("kite.server", "leaf");
     let f = |s: &SpanRec, k: &str| s.fields.get(k).cloned().unwrap_or_default();
-    let trace = f(&c1, "trace_id");
-    assert_eq!(trace.len(), 32);
-    for s in [&s1, &c2, &s2] {
-        assert_eq!(f(s, "trace_id"), trace, "{s:?}");
+    {
+        let store = collector.0.lock().unwrap();
+        let find = |name: &str, method: &str| {
+            let found: Vec<&SpanRec> = store
+                .spans
+                .iter()
+                .filter(|s| {
+                    s.name == name && s.fields.get("method").map(String::as_str) == Some(method)
+                })
+                .collect();
+            assert_eq!(found.len(), 1, "{name} {method}: {:?}", store.spans);
+            found[0].clone()
+        };
+        let c1 = find("kite.client", "relay");
+        let s1 = find("kite.server", "relay");
+        let c2 = find("kite.client", "leaf");
+        let s2 = find("kite.server", "leaf");
+        let trace = f(&c1, "trace_id");
+        assert_eq!(trace.len(), 32);
+        for s in [&s1, &c2, &s2] {
+            assert_eq!(f(s, "trace_id"), trace, "{s:?}");
+        }
+        assert_eq!(f(&c1, "parent_span_id"), "");
+        assert_eq!(f(&s1, "parent_span_id"), f(&c1, "span_id"));
+        assert_eq!(f(&c2, "parent_span_id"), f(&s1, "span_id"));
+        assert_eq!(f(&s2, "parent_span_id"), f(&c2, "span_id"));
+        let tuple =
+            |s: &SpanRec| ["from", "from_cluster", "to", "to_cluster", "method"].map(|k| f(s, k));
+        assert_eq!(
+            tuple(&c1),
+            ["caller", "test/local", "front", "test/local", "relay"]
+        );
+        assert_eq!(
+            tuple(&s1),
+            ["caller", "test/local", "front", "test/local", "relay"]
+        );
+        assert_eq!(
+            tuple(&c2),
+            ["front", "test/local", "back", "test/local", "leaf"]
+        );
+        assert_eq!(
+            tuple(&s2),
+            ["front", "test/local", "back", "test/local", "leaf"]
+        );
+        assert_eq!(f(&c1, "otel.kind"), "client");
+        assert_eq!(f(&s2, "otel.kind"), "server");
+        // The handler's log line sits in the server span, which carries the request id.
+        let leaf_log = store
+            .events
+            .iter()
+            .find(|e| e.message == "in leaf")
+            .unwrap();
+        let span = &store.spans[leaf_log.span.unwrap()];
+        assert_eq!(span.name, "kite.server");
+        assert_eq!(f(span, "method"), "leaf");
+        assert_eq!(f(span, "request_id").len(), 16);
     }
-    assert_eq!(f(&c1, "parent_span_id"), "");
-    assert_eq!(f(&s1, "parent_span_id"), f(&c1, "span_id"));
-    assert_eq!(f(&c2, "parent_span_id"), f(&s1, "span_id"));
-    assert_eq!(f(&s2, "parent_span_id"), f(&c2, "span_id"));
-    let tuple =
-        |s: &SpanRec| ["from", "from_cluster", "to", "to_cluster", "method"].map(|k| f(s, k));
-    assert_eq!(
-        tuple(&c1),
-        ["caller", "test/local", "front", "test/local", "relay"]
-    );
-    assert_eq!(
-        tuple(&s1),
-        ["caller", "test/local", "front", "test/local", "relay"]
-    );
-    assert_eq!(
-        tuple(&c2),
-        ["front", "test/local", "back", "test/local", "leaf"]
-    );
-    assert_eq!(
-        tuple(&s2),
-        ["front", "test/local", "back", "test/local", "leaf"]
-    );
-    assert_eq!(f(&c1, "otel.kind"), "client");
-    assert_eq!(f(&s2, "otel.kind"), "server");
-    // The handler's log line sits in the server span, which carries the request id.
-    let leaf_log = store
-        .events
-        .iter()
-        .find(|e| e.message == "in leaf")
-        .unwrap();
-    let span = &store.spans[leaf_log.span.unwrap()];
-    assert_eq!(span.name, "kite.server");
-    assert_eq!(f(span, "method"), "leaf");
-    assert_eq!(f(span, "request_id").len(), 16);
-    drop(store);
 
     // A failed call: the client span records the error type and the server's request id.
     let to_back = caller.kite.new_client(&back.url);
