@@ -328,6 +328,17 @@ impl Client {
         }
     }
 
+    /// Whether [`Client::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// A handle that does not keep the client alive (for background tasks such as the
+    /// token renewer).
+    pub(crate) fn downgrade(&self) -> WeakClient {
+        WeakClient(Arc::downgrade(&self.shared))
+    }
+
     fn live(&self) -> Result<Connection, KiteError> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(KiteError::send("can't send, client is closed"));
@@ -346,6 +357,17 @@ impl Client {
             }
         }
         r
+    }
+}
+
+/// A [`Client`] reference that does not keep it alive.
+#[derive(Clone)]
+pub(crate) struct WeakClient(std::sync::Weak<ClientShared>);
+
+impl WeakClient {
+    /// The client, if it still exists.
+    pub(crate) fn upgrade(&self) -> Option<Client> {
+        self.0.upgrade().map(|shared| Client { shared })
     }
 }
 

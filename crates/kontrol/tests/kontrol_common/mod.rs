@@ -1,0 +1,255 @@
+//! Helpers shared by the Kontrol tests: a Kontrol over a test store, kite identities and
+//! kite keys, a verifier as a target kite would run it, deadline polling, and a minimal raw
+//! HTTP/1.1 client (to check bytes exactly).
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod suite;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use kite::auth::{issue_kite_key, AuthSettings, Authenticator, KeyPair};
+use kite_protocol::{Authentication, Kite};
+use kontrol::storage::Storage;
+use kontrol::{Kontrol, KontrolConfig, WatchSink};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::TestEnv;
+
+pub const KONTROL_URL: &str = "http://127.0.0.1:4000/kite";
+
+/// A configuration with short timings and small keys: heartbeat 1 s, grace 1 s (a silent
+/// kite is gone after 2 s, the shortest etcd lease), 1024-bit keys.
+pub fn test_config() -> KontrolConfig {
+    let mut c = KontrolConfig::new("kontrol", KONTROL_URL);
+    c.key_bits = 1024;
+    c.heartbeat_interval = Duration::from_secs(1);
+    c.heartbeat_grace = Duration::from_secs(1);
+    c
+}
+
+/// Connects to the test store and starts a Kontrol on it.
+pub async fn start(env: &TestEnv, config: KontrolConfig) -> (Kontrol, Arc<Storage>) {
+    let storage = Arc::new(env.connect().await);
+    let kontrol = Kontrol::start(config, Arc::clone(&storage))
+        .await
+        .unwrap_or_else(|e| panic!("start kontrol: {e}"));
+    (kontrol, storage)
+}
+
+/// Shuts `kontrol` down and closes its store once Kontrol has let go of it (the embedded
+/// store admits one process at a time).
+pub async fn stop(kontrol: Kontrol, storage: Arc<Storage>) {
+    kontrol.shutdown().await;
+    drop(kontrol);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut storage = storage;
+    loop {
+        match Arc::try_unwrap(storage) {
+            Ok(s) => {
+                s.close().await.unwrap();
+                return;
+            }
+            Err(s) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "kontrol did not release its storage"
+                );
+                storage = s;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A kite identity `/user/prod/name/1.0.0/eu/host/<random id>`.
+pub fn kite(user: &str, name: &str) -> Kite {
+    Kite {
+        username: user.into(),
+        environment: "prod".into(),
+        name: name.into(),
+        version: "1.0.0".into(),
+        region: "eu".into(),
+        hostname: "host".into(),
+        id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// A kite key for `user` signed by `pair` as Kontrol would issue it.
+pub fn kite_key(pair: &KeyPair, user: &str) -> String {
+    issue_kite_key(pair, "kontrol", user, KONTROL_URL, SystemTime::now()).unwrap()
+}
+
+/// A kite key for `user` signed by Kontrol's current pair.
+pub fn key_for(kontrol: &Kontrol, user: &str) -> String {
+    kite_key(&kontrol.current_key_pair(), user)
+}
+
+pub fn kite_key_auth(key: &str) -> Authentication {
+    Authentication::new("kiteKey", key)
+}
+
+/// What a target kite trusting this Kontrol's current key would run to check tokens.
+pub fn verifier(kontrol: &Kontrol) -> Authenticator {
+    verifier_with_key(kontrol.public_key().as_str())
+}
+
+pub fn verifier_with_key(public_pem: &str) -> Authenticator {
+    Authenticator::new(AuthSettings {
+        kontrol_user: "kontrol".into(),
+        kontrol_key: public_pem.into(),
+        ..AuthSettings::default()
+    })
+    .unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A watch sink feeding a channel.
+pub fn channel_sink() -> (WatchSink, tokio::sync::mpsc::Receiver<Value>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let sink: WatchSink = Box::new(move |v| {
+        let tx = tx.clone();
+        Box::pin(async move { tx.send(v).await.is_ok() })
+    });
+    (sink, rx)
+}
+
+/// Receives the next watch event within `deadline`.
+pub async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<Value>, deadline: Duration) -> Value {
+    tokio::time::timeout(deadline, rx.recv())
+        .await
+        .expect("no watch event in time")
+        .expect("watch channel closed")
+}
+
+/// A wire capture of the Go implementation (kept with kite-protocol's tests).
+pub fn read_vector(name: &str) -> String {
+    let path = format!(
+        "{}/../kite-protocol/tests/vectors/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A raw HTTP response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> RawResponse {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(ct) = content_type {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(req.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading a large body; ignore write errors then.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .expect("HTTP response in time")
+        .unwrap_or_default();
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> RawResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+}
+
+/// Serves `app` on 127.0.0.1:0; returns the address. The server ends with the runtime.
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
