@@ -12,6 +12,10 @@
 //! * A server span is a child of the caller's `traceparent`, or a new root; the handler
 //!   runs inside it and with its trace as [`Context`], so downstream calls continue the
 //!   trace.
+//!
+//! With the `otel` cargo feature and a `tracing-opentelemetry` layer installed, each span's
+//! OpenTelemetry parent is set from the trace context, and the ids OpenTelemetry assigns
+//! are the ones recorded and sent downstream, so exported traces join across processes.
 
 use std::task::{Context as TaskContext, Poll};
 
@@ -24,6 +28,74 @@ use crate::call::{Call, CallFuture};
 use crate::context::{Context, TraceContext, TRACEPARENT_FIELD};
 use crate::metrics::HandlerFuture;
 use crate::server::Callers;
+
+/// The span's trace context (a child of `parent`, or a new root) recorded on it.
+fn link(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+    let ctx = otel::link(span, parent)
+        .unwrap_or_else(|| parent.map_or_else(TraceContext::new_root, |p| p.child()));
+    span.record("trace_id", ctx.trace_id_hex());
+    span.record("span_id", ctx.span_id_hex());
+    span.record(
+        "parent_span_id",
+        parent.map(|p| p.span_id_hex()).unwrap_or_default(),
+    );
+    ctx
+}
+
+#[cfg(not(feature = "otel"))]
+mod otel {
+    use super::TraceContext;
+
+    pub(super) fn link(
+        _span: &tracing::Span,
+        _parent: Option<TraceContext>,
+    ) -> Option<TraceContext> {
+        None
+    }
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::TraceContext;
+
+    /// Sets the OpenTelemetry parent of `span` and returns the ids OpenTelemetry gave it
+    /// (`None` without an OpenTelemetry layer).
+    pub(super) fn link(span: &tracing::Span, parent: Option<TraceContext>) -> Option<TraceContext> {
+        if let Some(p) = parent {
+            let flags = if p.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            };
+            let remote = SpanContext::new(
+                TraceId::from_bytes(p.trace_id.to_be_bytes()),
+                SpanId::from_bytes(p.span_id.to_be_bytes()),
+                flags,
+                true,
+                TraceState::default(),
+            );
+            let cx = opentelemetry::Context::new().with_remote_span_context(remote);
+            if span.set_parent(cx).is_err() {
+                return None;
+            }
+        }
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        if !sc.is_valid() {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            sampled: sc.is_sampled(),
+        })
+    }
+}
 
 /// Client layer: a `kite.client` span per call; sets [`Call::trace`].
 #[derive(Clone, Debug, Default)]
@@ -64,8 +136,6 @@ where
 
     fn call(&mut self, mut call: Call) -> Self::Future {
         let parent = call.trace.or_else(crate::context::current_trace);
-        let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        call.trace = Some(ctx);
         let t = &call.tuple;
         let span = tracing::info_span!(
             "kite.client",
@@ -75,12 +145,14 @@ where
             to = %t.to,
             to_cluster = %t.to_cluster,
             method = %t.method,
-            trace_id = %ctx.trace_id_hex(),
-            span_id = %ctx.span_id_hex(),
-            parent_span_id = %parent.map(|p| p.span_id_hex()).unwrap_or_default(),
+            trace_id = field::Empty,
+            span_id = field::Empty,
+            parent_span_id = field::Empty,
             error.type = field::Empty,
             request_id = field::Empty,
         );
+        let ctx = link(&span, parent);
+        call.trace = Some(ctx);
         let fut = self.inner.call(call);
         let s = span.clone();
         Box::pin(
@@ -155,7 +227,6 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let parent = request_trace(&req);
-        let ctx = parent.map_or_else(TraceContext::new_root, |p| p.child());
         let t = self.callers.tuple(&req);
         let span = tracing::info_span!(
             "kite.server",
@@ -166,11 +237,12 @@ where
             to_cluster = %t.to_cluster,
             method = %t.method,
             request_id = req.id(),
-            trace_id = %ctx.trace_id_hex(),
-            span_id = %ctx.span_id_hex(),
-            parent_span_id = %parent.map(|p| p.span_id_hex()).unwrap_or_default(),
+            trace_id = field::Empty,
+            span_id = field::Empty,
+            parent_span_id = field::Empty,
             error.type = field::Empty,
         );
+        let ctx = link(&span, parent);
         let fut = self.inner.call(req);
         let s = span.clone();
         Box::pin(
