@@ -410,6 +410,60 @@ async fn five_tuple_breaker_fallback_and_hedging() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_is_shed_at_the_concurrency_bound() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let r = release.clone();
+    let back = start("back", move |k| {
+        ServerGovernance::install(
+            k,
+            ServerConfig {
+                limits: LimitConfig {
+                    method_concurrency: [("busy".to_string(), 1)].into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        k.handle_func("busy", move |_r: Request| {
+            let r = r.clone();
+            let tx = started_tx.clone();
+            async move {
+                let notified = r.notified();
+                let _ = tx.send(());
+                notified.await;
+                Ok("done")
+            }
+        });
+    })
+    .await;
+    let caller = start("caller", |_| {}).await;
+    let c = caller.kite.new_client(&back.url);
+    c.dial().await.unwrap();
+    let first = c.go("busy", &());
+    started.recv().await.unwrap();
+    let e = c.tell("busy", &()).await.unwrap_err();
+    assert_eq!(e.kind, "requestLimitError");
+    assert_eq!(e.code, "concurrency");
+    release.notify_one();
+    assert_eq!(first.await.unwrap().as_str(), Some("done"));
+    // The slot is free again.
+    let again = c.go("busy", &());
+    started.recv().await.unwrap();
+    release.notify_one();
+    assert_eq!(again.await.unwrap().as_str(), Some("done"));
+    let text = scrape(&back.url).await;
+    assert_eq!(
+        metric(
+            &text,
+            "kite_server_shed_total",
+            &[("method", "busy"), ("reason", "concurrency")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degradation_switches_change_at_run_time() {
     let gov: Arc<Mutex<Option<ServerGovernance>>> = Arc::default();
     let g = gov.clone();
