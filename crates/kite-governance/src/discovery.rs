@@ -73,7 +73,13 @@ async fn follow(
         return;
     }
     loop {
-        while let Some(event) = watcher.next_event().await {
+        loop {
+            let event = tokio::select! {
+                e = watcher.next_event() => e,
+                // The balancer is gone: stop (dropping the watcher cancels it on Kontrol).
+                _ = tx.closed() => return,
+            };
+            let Some(event) = event else { break };
             let event = match event {
                 Ok(e) => e,
                 Err(e) => {

@@ -1,7 +1,7 @@
 //! Service governance for kites, as tower layers you can compose, tune or switch off.
 //!
 //! Every call is identified by its five-tuple (From, FromCluster, To, ToCluster, Method;
-//! see [`tuple`]); it keys circuit breakers, labels metrics and is recorded on spans.
+//! see [`mod@tuple`]); it keys circuit breakers, labels metrics and is recorded on spans.
 //!
 //! * Client side: a [`Call`] goes through `Service<Call, Response = Value, Error =
 //!   KiteError>` layers — [`ClientTraceLayer`], [`FallbackLayer`],
