@@ -274,6 +274,20 @@ impl Client {
         self.after_call(r)
     }
 
+    /// [`Client::tell_with_timeout`] with extra keys in the request's options object
+    /// (see [`Connection::tell_with_fields`]).
+    pub async fn tell_with_fields<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        args: &A,
+        fields: crate::connection::EnvelopeFields,
+        timeout: Option<Duration>,
+    ) -> Result<Response, KiteError> {
+        let conn = self.live()?;
+        let r = conn.tell_with_fields(method, args, fields, timeout).await;
+        self.after_call(r)
+    }
+
     /// Starts a call now; await the returned handle for the response.
     pub fn go<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> PendingCall {
         match self.live() {
@@ -314,6 +328,17 @@ impl Client {
         }
     }
 
+    /// Whether [`Client::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// A handle that does not keep the client alive (for background tasks such as the
+    /// token renewer).
+    pub(crate) fn downgrade(&self) -> WeakClient {
+        WeakClient(Arc::downgrade(&self.shared))
+    }
+
     fn live(&self) -> Result<Connection, KiteError> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(KiteError::send("can't send, client is closed"));
@@ -332,6 +357,17 @@ impl Client {
             }
         }
         r
+    }
+}
+
+/// A [`Client`] reference that does not keep it alive.
+#[derive(Clone)]
+pub(crate) struct WeakClient(std::sync::Weak<ClientShared>);
+
+impl WeakClient {
+    /// The client, if it still exists.
+    pub(crate) fn upgrade(&self) -> Option<Client> {
+        self.0.upgrade().map(|shared| Client { shared })
     }
 }
 

@@ -97,6 +97,8 @@ pub(crate) struct Core {
     pub(crate) url: RwLock<Option<String>>,
     pub(crate) server: crate::server::ServerState,
     next_client: AtomicU64,
+    /// State of the Kontrol client (crate::kontrol_client), created on first use.
+    pub(crate) kontrol: std::sync::OnceLock<Arc<crate::kontrol_client::KontrolState>>,
 }
 
 impl Core {
@@ -115,6 +117,16 @@ impl Core {
 
     pub(crate) fn config(&self) -> Arc<Config> {
         read(&self.config)
+    }
+
+    /// Replaces the configuration snapshot (keys adopted from Kontrol).
+    pub(crate) fn set_config(&self, config: Config) {
+        *write(&self.config) = Arc::new(config);
+    }
+
+    /// The built-in authenticator.
+    pub(crate) fn default_authenticator(&self) -> Arc<crate::auth::Authenticator> {
+        self.default_auth.clone()
     }
 
     pub(crate) fn limits(&self) -> Arc<Limits> {
@@ -259,6 +271,7 @@ impl Kite {
             url: RwLock::new(None),
             server: crate::server::ServerState::default(),
             next_client: AtomicU64::new(0),
+            kontrol: std::sync::OnceLock::new(),
         });
         let k = Kite {
             config,
@@ -284,6 +297,8 @@ impl Kite {
                 tracing::warn!("invalid Kontrol key in the configuration: {e}");
             }
         }
+        // Keys adopted from Kontrol (RegisterResult, getKey) outlive configuration pushes.
+        crate::kontrol_client::reapply_adopted(&self.core);
     }
 
     /// The default authenticator (verifies `kiteKey` and `token`); register verifiers for

@@ -34,6 +34,8 @@
 //! * [`Client`] / [`Connection`]: `dial`, `dial_forever`, `tell`, `go`, hooks.
 //! * [`Function`] / [`RemoteFunction`]: callbacks as arguments, both directions.
 //! * [`KiteError`]: every error of PROTOCOL.md 4.4, local ones included.
+//! * [`kontrol_client`]: registering with Kontrol, discovery with tokens, watching
+//!   ([`Kite::register`], [`Kite::get_kites`], [`Kite::watch_kites`], [`KontrolClient`]).
 //! * [`auth`], [`config`], [`kitekey`], [`system_info`]: credentials and configuration.
 //!
 //! Limits and defaults are listed in the crate README and on [`Limits`].
@@ -49,6 +51,7 @@ pub mod error;
 pub mod handler;
 mod kite;
 pub mod kitekey;
+pub mod kontrol_client;
 pub mod request;
 pub mod server;
 pub mod settings;
@@ -61,10 +64,13 @@ pub use crate::args::{Args, Response};
 pub use crate::callback::{Function, RemoteFunction};
 pub use crate::client::{Client, Connector};
 pub use crate::config::{Config, Transport};
-pub use crate::connection::{Connection, PendingCall};
+pub use crate::connection::{Connection, EnvelopeFields, PendingCall};
 pub use crate::error::KiteError;
 pub use crate::handler::{to_value, Authenticate, HandlerService, Method};
 pub use crate::kite::{Acceptor, Kite, NewKiteError};
+pub use crate::kontrol_client::{
+    KiteWithToken, KontrolClient, KontrolSettings, RegisterResult, WatchAction, WatchEvent, Watcher,
+};
 pub use crate::request::{Auth, Request};
 pub use crate::server::{ServeError, ShutdownHandle};
 pub use crate::settings::Limits;
