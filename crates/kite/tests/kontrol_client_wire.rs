@@ -954,3 +954,51 @@ async fn http_register_errors_are_reported() {
         .unwrap_err();
     assert_eq!(e.message, "heartbeat interval cannot be zero");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_clients_leave_no_renewer_behind() {
+    let token = issue_token(
+        &keys().kontrol,
+        "/alice/prod/math",
+        "bob",
+        "kontrol",
+        kite::auth::DEFAULT_TOKEN_TTL,
+        SystemTime::now(),
+        true,
+    )
+    .unwrap();
+    let kontrol = FakeKontrol::start(Arc::new(move |m: &Value| {
+        if m["method"] == "getKites" {
+            vec![response_to(
+                m,
+                json!({"kites": [{"kite": {"username":"alice","environment":"prod","name":"math","version":"1.0.0","region":"r","hostname":"h","id":"i"}, "url": "http://127.0.0.1:1/kite", "token": token}]}),
+            )]
+        } else {
+            vec![]
+        }
+    }))
+    .await;
+    let k = kite_for("client", "bob", "unknown", &kontrol.url);
+    let q = KontrolQuery {
+        username: "alice".into(),
+        ..Default::default()
+    };
+    drop(k.get_kites(&q).await.unwrap());
+    let metrics = tokio::runtime::Handle::current().metrics();
+    assert!(eventually(Duration::from_secs(5), || metrics.num_alive_tasks() < 100).await);
+    let baseline = metrics.num_alive_tasks();
+    for _ in 0..50 {
+        drop(k.get_kites(&q).await.unwrap());
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || metrics.num_alive_tasks()
+            <= baseline + 5)
+        .await,
+        "{} tasks alive, {baseline} before",
+        metrics.num_alive_tasks()
+    );
+    // A kept client keeps its renewer.
+    let kept = k.get_kites(&q).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    k.kontrol().close().await;
+}

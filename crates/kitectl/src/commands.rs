@@ -140,10 +140,12 @@ async fn register(cli: &Cli, args: &cli::RegisterArgs) -> Result<()> {
     let kontrol_url = match cli.kontrol_url.clone().filter(|u| !u.is_empty()) {
         Some(u) => u,
         None if interactive => prompt::ask("Kontrol URL", Some("http://127.0.0.1:4000/kite"))?,
-        None => return Err(anyhow!(
+        None => {
+            return Err(anyhow!(
             "which Kontrol? pass --kontrol-url http://<host>:4000/kite (or set KITE_KONTROL_URL)"
         )
-        .into()),
+            .into())
+        }
     };
     let default_user = std::env::var("USER").unwrap_or_default();
     let username = match args.username.clone().filter(|u| !u.is_empty()) {

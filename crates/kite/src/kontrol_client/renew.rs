@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::KontrolClient;
@@ -16,13 +17,27 @@ use crate::auth::Claims;
 use crate::client::{Client, WeakClient};
 use crate::protocol::{Kite as KiteIdentity, KontrolQuery};
 
-/// Starts the renewer of `client`; it ends when the client is dropped or closed.
+/// Starts the renewer of `client`; it ends as soon as the client is dropped, and at its
+/// next wake-up once the client is closed.
 pub(super) fn start(kontrol: KontrolClient, client: &Client, target: KiteIdentity) -> AbortHandle {
     let expired = Arc::new(Notify::new());
     let notify = expired.clone();
-    client.on_token_expire(move || notify.notify_one());
+    // The hook lives as long as the client: its guard cancels `gone` when the client is
+    // dropped, so a sleeping renewer does not outlive it.
+    let gone = CancellationToken::new();
+    let guard = gone.clone().drop_guard();
+    client.on_token_expire(move || {
+        let _alive = &guard;
+        notify.notify_one();
+    });
     let weak = client.downgrade();
-    tokio::spawn(renew_loop(kontrol, weak, target, expired)).abort_handle()
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = gone.cancelled() => {}
+            _ = renew_loop(kontrol, weak, target, expired) => {}
+        }
+    })
+    .abort_handle()
 }
 
 fn current_token(client: &Client) -> Option<String> {
