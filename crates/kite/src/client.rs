@@ -274,6 +274,20 @@ impl Client {
         self.after_call(r)
     }
 
+    /// [`Client::tell_with_timeout`] with extra keys in the request's options object
+    /// (see [`Connection::tell_with_fields`]).
+    pub async fn tell_with_fields<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        args: &A,
+        fields: crate::connection::EnvelopeFields,
+        timeout: Option<Duration>,
+    ) -> Result<Response, KiteError> {
+        let conn = self.live()?;
+        let r = conn.tell_with_fields(method, args, fields, timeout).await;
+        self.after_call(r)
+    }
+
     /// Starts a call now; await the returned handle for the response.
     pub fn go<A: Serialize + ?Sized>(&self, method: &str, args: &A) -> PendingCall {
         match self.live() {

@@ -35,6 +35,14 @@ use kite_protocol::dnode::{self, Callbacks, Message, Method};
 use kite_protocol::envelope;
 use kite_sockjs::session::{Role, Session, SessionInfo, SessionReceiver, SessionSender};
 
+/// Extra keys of a request's options object, sent next to `withArgs` (e.g. a deadline or
+/// a W3C `traceparent`). Go and kite.js peers ignore keys they do not know; our server
+/// hands them to handlers as [`Request::envelope_field`].
+pub type EnvelopeFields = serde_json::Map<String, Value>;
+
+/// The standard keys of a request's options object (PROTOCOL.md 4.1).
+const STANDARD_KEYS: [&str; 4] = ["kite", "authentication", "withArgs", "responseCallback"];
+
 /// A local callback registered on a connection.
 pub(crate) enum LocalCallback {
     /// A user function; kept for the connection's lifetime (bounded, oldest evicted).
@@ -205,7 +213,26 @@ impl Connection {
     ) -> Result<Response, KiteError> {
         let (with_args, functions) = to_arguments(args, 1)
             .map_err(|e| KiteError::send(format!("cannot serialize arguments: {e}")))?;
-        self.0.call(method, with_args, functions, timeout).await
+        self.0
+            .call(method, with_args, functions, None, timeout)
+            .await
+    }
+
+    /// Like [`Connection::tell_with_timeout`], with `fields` added to the request's options
+    /// object next to `withArgs` (see [`EnvelopeFields`]). Fields named like a standard key
+    /// (`kite`, `authentication`, `withArgs`, `responseCallback`) are ignored.
+    pub async fn tell_with_fields<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        args: &A,
+        fields: EnvelopeFields,
+        timeout: Option<Duration>,
+    ) -> Result<Response, KiteError> {
+        let (with_args, functions) = to_arguments(args, 1)
+            .map_err(|e| KiteError::send(format!("cannot serialize arguments: {e}")))?;
+        self.0
+            .call(method, with_args, functions, Some(fields), timeout)
+            .await
     }
 
     /// Starts a call now and returns a handle to await its response later.
@@ -227,7 +254,8 @@ impl Connection {
         let method = method.to_string();
         PendingCall::spawn(async move {
             let (with_args, functions) = prepared?;
-            conn.call(&method, with_args, functions, timeout).await
+            conn.call(&method, with_args, functions, None, timeout)
+                .await
         })
     }
 
@@ -315,6 +343,7 @@ impl ConnShared {
         method: &str,
         with_args: Vec<Value>,
         functions: Vec<Function>,
+        fields: Option<EnvelopeFields>,
         timeout: Option<Duration>,
     ) -> Result<Response, KiteError> {
         if self.closed.is_cancelled() {
@@ -326,7 +355,14 @@ impl ConnShared {
             Err(p) => p.into_inner().clone(),
         }
         .map(|a| envelope::Authentication::new(a.kind, a.key));
-        let arguments = envelope::encode_request(&identity, auth.as_ref(), with_args, 0);
+        let mut arguments = envelope::encode_request(&identity, auth.as_ref(), with_args, 0);
+        if let (Some(fields), Some(Value::Object(options))) = (fields, arguments.get_mut(0)) {
+            for (k, v) in fields {
+                if !STANDARD_KEYS.contains(&k.as_str()) {
+                    options.insert(k, v);
+                }
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let mut locals = Vec::with_capacity(functions.len() + 1);
         locals.push(LocalCallback::Response(tx));
@@ -568,13 +604,34 @@ fn request_id() -> String {
     hex::encode(bytes)
 }
 
+/// Moves the non-standard keys out of a request's options object.
+fn take_extra_fields(arguments: &mut Value) -> EnvelopeFields {
+    let mut extra = EnvelopeFields::new();
+    if let Some(Value::Object(options)) = arguments.get_mut(0) {
+        if options.keys().any(|k| !STANDARD_KEYS.contains(&k.as_str())) {
+            let keys: Vec<String> = options
+                .keys()
+                .filter(|k| !STANDARD_KEYS.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            for k in keys {
+                if let Some(v) = options.remove(&k) {
+                    extra.insert(k, v);
+                }
+            }
+        }
+    }
+    extra
+}
+
 async fn serve_request(
     conn: Arc<ConnShared>,
     entry: Arc<MethodEntry>,
     method: String,
-    arguments: Value,
+    mut arguments: Value,
     _permit: OwnedSemaphorePermit,
 ) {
+    let fields = take_extra_fields(&mut arguments);
     let opts = match envelope::Request::from_arguments(arguments) {
         Ok(o) => o,
         Err(e) => {
@@ -630,6 +687,8 @@ async fn serve_request(
         auth,
         args: Args::new(opts.with_args, conn.weak()),
         connection: Connection(conn.clone()),
+        fields,
+        cancel: CancellationToken::new(),
     }));
     let hooks = conn.core.hooks();
     let run = async {

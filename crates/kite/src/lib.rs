@@ -64,7 +64,7 @@ pub use crate::args::{Args, Response};
 pub use crate::callback::{Function, RemoteFunction};
 pub use crate::client::{Client, Connector};
 pub use crate::config::{Config, Transport};
-pub use crate::connection::{Connection, PendingCall};
+pub use crate::connection::{Connection, EnvelopeFields, PendingCall};
 pub use crate::error::KiteError;
 pub use crate::handler::{to_value, Authenticate, HandlerService, Method};
 pub use crate::kite::{Acceptor, Kite, NewKiteError};

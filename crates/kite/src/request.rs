@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use crate::args::Args;
-use crate::connection::Connection;
+use crate::connection::{Connection, EnvelopeFields};
 use crate::protocol::Kite as KiteIdentity;
 
 /// Credentials carried by a request: `{"type": ..., "key": ...}` (PROTOCOL.md 6.1).
@@ -50,6 +52,10 @@ pub(crate) struct RequestInner {
     pub auth: Option<Auth>,
     pub args: Args,
     pub connection: Connection,
+    /// Keys of the options object besides the four standard ones.
+    pub fields: EnvelopeFields,
+    /// Fired by [`Request::cancel`].
+    pub cancel: CancellationToken,
 }
 
 impl Request {
@@ -91,8 +97,36 @@ impl Request {
         &self.0.connection
     }
 
-    /// Completes when the caller's connection goes away (e.g. to stop long work).
+    /// Completes when the request is cancelled: the caller's connection goes away, or
+    /// [`Request::cancel`] was called (e.g. by a deadline layer when the caller's time
+    /// budget ran out). Watch it to stop long work.
     pub async fn cancelled(&self) {
-        self.0.connection.closed().await
+        tokio::select! {
+            _ = self.0.connection.closed() => {}
+            _ = self.0.cancel.cancelled() => {}
+        }
+    }
+
+    /// Whether the request was cancelled (see [`Request::cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancel.is_cancelled() || self.0.connection.is_closed()
+    }
+
+    /// Cancels the request: [`Request::cancelled`] completes for everyone watching it.
+    /// The handler is not stopped otherwise; the response is still sent if it finishes.
+    pub fn cancel(&self) {
+        self.0.cancel.cancel()
+    }
+
+    /// An extra key of the request's options object (anything besides `kite`,
+    /// `authentication`, `withArgs` and `responseCallback`), e.g. the `deadline` or
+    /// `traceparent` a governed client sends. Peers that do not know a key ignore it.
+    pub fn envelope_field(&self, key: &str) -> Option<&Value> {
+        self.0.fields.get(key)
+    }
+
+    /// All extra keys of the request's options object (see [`Request::envelope_field`]).
+    pub fn envelope_fields(&self) -> &EnvelopeFields {
+        &self.0.fields
     }
 }

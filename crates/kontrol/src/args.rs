@@ -5,6 +5,7 @@
 //! as JSON. Functions the peer sent appear in the JSON as the runtime's marker values; the
 //! decoders only note whether a watch function was given, the adapter binds it.
 
+use kite_protocol::dnode::json_type_name;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -51,14 +52,14 @@ pub fn register_url(arg: Option<&Value>) -> Result<String, KontrolError> {
             Some(other) => {
                 return Err(KontrolError::InvalidArgument(format!(
                     "register: url must be a string, not {}",
-                    type_name(other)
+                    json_type_name(other)
                 )))
             }
         },
         Some(other) => {
             return Err(KontrolError::InvalidArgument(format!(
                 "register: expected {{\"url\": string}} or a URL string, not {}",
-                type_name(other)
+                json_type_name(other)
             )))
         }
         None => "",
@@ -111,7 +112,7 @@ impl GetKitesArgs {
             Some(other) => {
                 return Err(KontrolError::InvalidArgument(format!(
                     "getKites: expected {{\"query\": {{...}}}}, not {}",
-                    type_name(other)
+                    json_type_name(other)
                 )))
             }
         };
@@ -144,7 +145,7 @@ impl GetTokenArgs {
         if !value.is_object() {
             return Err(KontrolError::InvalidQuery(format!(
                 "expected an object, not {}",
-                type_name(value)
+                json_type_name(value)
             )));
         }
         let query = decode_query(value).map_err(KontrolError::InvalidQuery)?;
@@ -154,7 +155,7 @@ impl GetTokenArgs {
             Some(other) => {
                 return Err(KontrolError::InvalidQuery(format!(
                     "force must be a boolean, not {}",
-                    type_name(other)
+                    json_type_name(other)
                 )))
             }
         };
@@ -199,7 +200,7 @@ impl RegisterMachineArgs {
                         other => {
                             return Err(KontrolError::InvalidArgument(format!(
                                 "registerMachine: {key} must be a string, not {}",
-                                type_name(other)
+                                json_type_name(other)
                             )))
                         }
                     }
@@ -208,7 +209,7 @@ impl RegisterMachineArgs {
             }
             Some(other) => Err(KontrolError::InvalidArgument(format!(
                 "registerMachine: expected {{\"authType\": string}} or a username, not {}",
-                type_name(other)
+                json_type_name(other)
             ))),
         }
     }
@@ -239,7 +240,7 @@ fn decode_query(value: &Value) -> Result<KontrolQuery, String> {
         id: Option<String>,
     }
     if !value.is_object() {
-        return Err(format!("expected an object, not {}", type_name(value)));
+        return Err(format!("expected an object, not {}", json_type_name(value)));
     }
     let q = Q::deserialize(value).map_err(|e| e.to_string())?;
     Ok(KontrolQuery {
@@ -251,17 +252,6 @@ fn decode_query(value: &Value) -> Result<KontrolQuery, String> {
         hostname: q.hostname.unwrap_or_default(),
         id: q.id.unwrap_or_default(),
     })
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,9 @@ pub struct KontrolConfig {
     pub max_watchers: usize,
     /// Bound on the body of `POST /register` (default 64 KiB); larger bodies get 413.
     pub max_http_body: usize,
+    /// The web page at `/` and its API (`/api/kites`, `/api/watch`): enabled by default,
+    /// open to anyone reaching the listen address (see [`crate::web`]).
+    pub web: crate::web::WebConfig,
 }
 
 impl KontrolConfig {
@@ -148,6 +151,7 @@ impl KontrolConfig {
             max_watchers_per_owner: DEFAULT_MAX_WATCHERS_PER_OWNER,
             max_watchers: DEFAULT_MAX_WATCHERS,
             max_http_body: DEFAULT_MAX_HTTP_BODY,
+            web: crate::web::WebConfig::default(),
         }
     }
 

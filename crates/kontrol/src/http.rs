@@ -11,6 +11,10 @@
 //! * `GET /healthz` — readiness: 200 `ok` when the storage answers, else 503.
 //!
 //! Like Go, `/register` and `/heartbeat` accept any HTTP method.
+//!
+//! The router also carries the web page and its API ([`crate::web::routes`]: `/`,
+//! `/web/*`, `/api/kites`, `/api/watch`) unless
+//! [`KontrolConfig::web`](crate::config::KontrolConfig::web)`.enabled` is false.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{RawQuery, State};
@@ -28,13 +32,16 @@ use crate::service::Kontrol;
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
-/// The routes `/register`, `/heartbeat` and `/healthz`, serving `kontrol`.
+/// The routes `/register`, `/heartbeat` and `/healthz`, plus the web page's
+/// ([`crate::web::routes`], when enabled), serving `kontrol`.
 pub fn routes(kontrol: Kontrol) -> Router {
+    let web = crate::web::routes(kontrol.clone());
     Router::new()
         .route("/register", any(register))
         .route("/heartbeat", any(heartbeat))
         .route("/healthz", get(healthz))
         .with_state(kontrol)
+        .merge(web)
 }
 
 /// A plain-text response.

@@ -7,6 +7,8 @@
 //! * [`kite_service`] is the `kontrol` kite: Kontrol's methods over the kite protocol, with
 //!   `kite.heartbeat` liveness, plus the HTTP endpoints.
 //! * [`http`] serves `POST /register`, `GET /heartbeat` and `GET /healthz` as an axum router.
+//! * [`web`] serves a live page of the registered kites at `/` (JSON snapshot and
+//!   Server-Sent Events feed), merged into [`http::routes`].
 //! * [`storage`] keeps registrations and key pairs (embedded, PostgreSQL or etcd).
 //!
 //! ```no_run
@@ -34,6 +36,7 @@ pub mod service;
 pub mod storage;
 mod tokens;
 pub mod watch;
+pub mod web;
 
 pub use config::{KontrolConfig, RegisterMachinePolicy};
 pub use error::KontrolError;

@@ -116,6 +116,8 @@ struct Inner {
     machine_secret: Mutex<Option<String>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Turns `true` when shutdown starts (for [`Kontrol::closed`]).
+    closed_signal: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Inner {
@@ -187,6 +189,7 @@ impl Kontrol {
             auth: Arc::new(auth),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            closed_signal: tokio::sync::watch::Sender::new(false),
         });
         let kontrol = Kontrol { inner };
         kontrol.register_self().await?;
@@ -975,6 +978,7 @@ impl Kontrol {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.inner.closed_signal.send_replace(true);
         for task in self
             .inner
             .tasks
@@ -994,6 +998,19 @@ impl Kontrol {
             tracing::warn!(error = %e, "kontrol: removing own registration failed");
         }
         tracing::info!(kontrol = %self.inner.config.identity, "kontrol stopped");
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Completes once [`shutdown`](Self::shutdown) has been called (at once if it was), so
+    /// that long-lived streams (the web page's live feed) can end.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed_signal.subscribe();
+        // The sender lives as long as `self`, so this only ends on `true`.
+        let _ = rx.wait_for(|closed| *closed).await;
     }
 
     /// Whether the storage answers (for readiness checks).

@@ -297,8 +297,8 @@ pub enum DecodeError {
     },
 }
 
-/// Short name of a JSON value's type for messages.
-pub(crate) fn json_type_name(v: &Value) -> &'static str {
+/// Short name of a JSON value's type for error messages (`"a string"`, `"an object"`, ...).
+pub fn json_type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -496,11 +496,25 @@ impl Storage {
     /// no particular order; empty when nothing matches.
     ///
     /// Errors: [`ValidationError::EmptyQuery`] (`all query fields are empty`),
-    /// [`ValidationError::MalformedConstraint`] (`Malformed constraint: latest`), a field
+    /// [`ValidationError::Version`] (`Malformed constraint: latest`), a field
     /// containing `/` or too long.
     pub async fn get(&self, query: &KontrolQuery) -> Result<Vec<KiteRecord>> {
         let matcher = Matcher::compile(query, &self.limits)?;
         dispatch!(self, b => b.get(&matcher).await)
+    }
+
+    /// Every live record, in no particular order: the whole registry (what an all-empty
+    /// query would match; [`Storage::get`] refuses such a query so that kites cannot list
+    /// everything by accident). For operators and Kontrol's web page.
+    pub async fn get_all(&self) -> Result<Vec<KiteRecord>> {
+        dispatch!(self, b => b.get(&Matcher::everything()).await)
+    }
+
+    /// Like [`Storage::watch`] for every kite: `REGISTER`/`DEREGISTER` events of the whole
+    /// registry. Pair it with [`Storage::get_all`] (subscribe first, then read).
+    pub async fn watch_all(&self) -> Result<Watcher> {
+        let rx = dispatch!(self, b => b.subscribe().await)?;
+        Ok(Watcher::new(rx, Matcher::everything()))
     }
 
     /// Number of live records.

@@ -8,15 +8,7 @@ use super::error::ValidationError;
 use super::{Limits, NewKeyPair, Registration};
 
 /// JSON keys of the seven identity fields, in canonical order.
-pub(crate) const FIELDS: [&str; 7] = [
-    "username",
-    "environment",
-    "name",
-    "version",
-    "region",
-    "hostname",
-    "id",
-];
+pub(crate) use kite_protocol::identity::FIELD_KEYS as FIELDS;
 
 /// Index of `version` in [`FIELDS`].
 pub(crate) const VERSION: usize = 3;
@@ -166,6 +158,15 @@ impl Matcher {
                 _ => ValidationError::EmptyQuery,
             })?,
         })
+    }
+
+    /// The matcher of every kite (an all-empty query, which [`Matcher::compile`] refuses):
+    /// for listing and watching the whole registry (`Storage::get_all`, `Storage::watch_all`).
+    pub(crate) fn everything() -> Matcher {
+        Matcher {
+            query: KontrolQuery::default(),
+            version: VersionFilter::Any,
+        }
     }
 
     /// Whether `kite` satisfies the query; the same rule as the protocol crate's
