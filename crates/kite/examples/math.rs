@@ -2,6 +2,10 @@
 //! `onTick(n)` for n = from..1 and then returns "done". Authentication is disabled.
 //! Port from `KITE_PORT` (default 6000). Prints `math kite ready on <url>` when ready.
 //!
+//! When a kite key exists (`$KITE_HOME/kite.key`, default `~/.kite/kite.key`) the kite also
+//! registers with the Kontrol named in it (re-registering after every reconnect) and prints
+//! `math kite registered with Kontrol as <url>`; without one it runs stand-alone.
+//!
 //! ```text
 //! KITE_PORT=6000 cargo run -p kite --example math
 //! ```
@@ -19,7 +23,14 @@ struct Countdown {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
-    let mut k = kite::Kite::new("math", "1.0.0")?;
+    let has_kite_key = kite::kitekey::kite_home()
+        .map(|home| kite::kitekey::kite_key_path(&home).exists())
+        .unwrap_or(false);
+    let mut k = if has_kite_key {
+        kite::Kite::load("math", "1.0.0")?
+    } else {
+        kite::Kite::new("math", "1.0.0")?
+    };
     k.config.port = std::env::var("KITE_PORT")
         .ok()
         .filter(|p| !p.is_empty())
@@ -42,6 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = k.listen().await?;
     let url = k.url().unwrap_or_else(|| format!("http://{addr}/kite"));
     println!("math kite ready on {url}");
+    if has_kite_key {
+        let registered = k.register_forever(&url).await;
+        println!("math kite registered with Kontrol as {}", registered.url);
+    }
     k.run().await?;
     Ok(())
 }
