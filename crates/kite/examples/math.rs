@@ -54,8 +54,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = k.url().unwrap_or_else(|| format!("http://{addr}/kite"));
     println!("math kite ready on {url}");
     if has_kite_key {
-        let registered = k.register_forever(&url).await;
-        println!("math kite registered with Kontrol as {}", registered.url);
+        // Serve while registering: Kontrol may come up later.
+        let registration = k.register_forever(&url);
+        tokio::spawn(async move {
+            let registered = registration.await;
+            println!("math kite registered with Kontrol as {}", registered.url);
+        });
     }
     k.run().await?;
     Ok(())
