@@ -1,1 +1,3 @@
 //! Kontrol: the Kite service registry and authority.
+
+pub mod storage;

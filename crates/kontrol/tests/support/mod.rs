@@ -1,0 +1,82 @@
+//! Test harness for the storage backends: real servers, fresh isolated stores per test, and
+//! the behavioural suite shared by every backend.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod etcd;
+pub mod pg;
+pub mod proc;
+pub mod suite;
+
+use std::time::Duration;
+
+use kontrol::storage::{EmbeddedConfig, EtcdConfig, PostgresConfig, Storage, StorageConfig};
+
+/// An isolated store for one test: its configuration (connect as often as needed, e.g. to
+/// simulate a restart or a second replica) and whatever must live as long as the test.
+pub struct TestEnv {
+    pub config: StorageConfig,
+    /// Whether several processes may share the store (PostgreSQL, etcd).
+    pub shared: bool,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestEnv {
+    pub async fn connect(&self) -> Storage {
+        Storage::connect(&self.config)
+            .await
+            .unwrap_or_else(|e| panic!("connect {:?}: {e}", self.config))
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Sweep interval used by the tests: short, so expiry events are quick.
+pub const TEST_SWEEP: Duration = Duration::from_millis(200);
+
+pub async fn embedded_env() -> TestEnv {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = EmbeddedConfig::new(dir.path().join("data"));
+    c.sweep_interval = TEST_SWEEP;
+    TestEnv {
+        config: StorageConfig::Embedded(c),
+        shared: false,
+        _dir: Some(dir),
+    }
+}
+
+pub async fn postgres_env() -> TestEnv {
+    init_tracing();
+    let server = tokio::task::spawn_blocking(pg::PgServer::shared)
+        .await
+        .expect("start postgres");
+    let mut c = PostgresConfig::new(server.new_database().await);
+    c.sweep_interval = TEST_SWEEP;
+    c.pool_size = 2;
+    TestEnv {
+        config: StorageConfig::Postgres(c),
+        shared: true,
+        _dir: None,
+    }
+}
+
+pub async fn etcd_env() -> TestEnv {
+    init_tracing();
+    let server = tokio::task::spawn_blocking(etcd::EtcdServer::shared)
+        .await
+        .expect("start etcd");
+    let mut c = EtcdConfig::new([server.endpoint()]);
+    c.prefix = server.new_prefix();
+    TestEnv {
+        config: StorageConfig::Etcd(c),
+        shared: true,
+        _dir: None,
+    }
+}
