@@ -151,6 +151,8 @@ impl SharedConnection {
                     return;
                 }
             }
+            // Every caller is gone: close, so the reader ends with the connection.
+            let _ = sink.send(Message::Close(None)).await;
         });
         tokio::spawn(async move {
             while let Some(Ok(m)) = stream.next().await {

@@ -44,6 +44,9 @@ struct Cli {
     /// Unmeasured warm-up seconds before each row (default 1; 0.3 with --quick).
     #[arg(long, global = true)]
     warmup: Option<f64>,
+    /// Make exactly this many calls per throughput row (no warm-up) instead of timing.
+    #[arg(long, global = true)]
+    calls: Option<u64>,
     /// Caller counts (default 1,8,64).
     #[arg(long, global = true, value_delimiter = ',')]
     callers: Option<Vec<usize>>,
@@ -175,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<Findings> {
         smoke: cli.smoke,
         duration: cli.duration,
         warmup: cli.warmup,
+        calls: cli.calls,
         callers: cli.callers,
         sharing: cli.sharing,
         wires: cli.wires,

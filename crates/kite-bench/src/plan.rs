@@ -63,6 +63,7 @@ pub(crate) struct Overrides {
     pub smoke: bool,
     pub duration: Option<f64>,
     pub warmup: Option<f64>,
+    pub calls: Option<u64>,
     pub callers: Option<Vec<usize>>,
     pub sharing: Option<Sharing>,
     pub wires: Option<Vec<crate::rpc::Wire>>,
@@ -109,7 +110,9 @@ impl Plan {
         };
         let warmup = o.warmup.unwrap_or(warmup);
         let measure = o.duration.unwrap_or(measure);
-        let load = if o.smoke && o.duration.is_none() {
+        let load = if let Some(n) = o.calls {
+            Load::Calls(n)
+        } else if o.smoke && o.duration.is_none() {
             Load::Calls(60)
         } else {
             Load::Timed {

@@ -155,6 +155,8 @@ impl DnodeCaller {
                     return;
                 }
             }
+            // Every caller is gone: close, so the reader ends with the connection.
+            let _ = sink.send(Message::Close(None)).await;
         });
         let p = pending.clone();
         tokio::spawn(async move {

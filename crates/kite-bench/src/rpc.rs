@@ -84,6 +84,13 @@ impl KiteServer {
         k.config.ip = "127.0.0.1".into();
         k.config.port = 0;
         k.config.username = "bench".into();
+        // Experiments: the server's per-connection WebSocket read buffer (default 512 B).
+        if let Some(n) = std::env::var("KITE_BENCH_WS_READ_BUFFER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            k.sockjs.websocket_read_buffer = n;
+        }
         let auth = match (mode, kontrol) {
             (AuthMode::None, _) => {
                 k.config.disable_authentication = true;

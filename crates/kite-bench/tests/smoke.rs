@@ -42,7 +42,10 @@ fn every_part_runs_and_prints_its_table() {
         if let Some(status) = guard.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "kite-bench --smoke ran for more than 300 s");
+        assert!(
+            Instant::now() < deadline,
+            "kite-bench --smoke ran for more than 300 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let stdout = out.join().unwrap();
@@ -59,7 +62,10 @@ fn every_part_runs_and_prints_its_table() {
         "### Kontrol storage",
         "### Targets",
     ] {
-        assert!(stdout.contains(heading), "missing {heading:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(heading),
+            "missing {heading:?} in:\n{stdout}"
+        );
     }
     // Every transport produced a row, and the embedded store always runs.
     for row in [
