@@ -94,6 +94,9 @@ impl fmt::Debug for ConnShared {
 #[derive(Clone, Debug)]
 pub struct Connection(pub(crate) Arc<ConnShared>);
 
+/// How long `close` waits to queue the close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -278,11 +281,13 @@ impl ConnShared {
         if self.closed.is_cancelled() {
             return;
         }
-        let _ = self.sender.close(3000, "Go away!").await;
+        // Bounded: a peer that stopped reading must not hold up the close.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sender.close(3000, "Go away!")).await;
         self.finish();
     }
 
-    /// Stops reading new messages (graceful shutdown); in-flight handlers go on.
+    /// Stops accepting new requests (graceful shutdown); in-flight handlers go on and
+    /// responses to their calls are still delivered.
     pub(crate) fn stop_reading(&self) {
         self.stop_reading.cancel();
     }
@@ -485,6 +490,15 @@ impl ConnShared {
                 }
             }
             Method::Name(name) => {
+                if self.stop_reading.is_cancelled() {
+                    // Shutting down: responses and callbacks are still read (in-flight
+                    // handlers may wait for them), new requests are refused.
+                    if let Some(rc) = envelope::response_callback_of(&msg.arguments) {
+                        let e = KiteError::generic("kite is shutting down");
+                        self.reply(rc, Err(e), Vec::new()).await;
+                    }
+                    return;
+                }
                 let Some(entry) = self.core.method(&name) else {
                     if let Some(rc) = envelope::response_callback_of(&msg.arguments) {
                         self.reply(rc, Err(KiteError::method_not_found(&name)), Vec::new())
@@ -535,10 +549,6 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
         let msg = tokio::select! {
             biased;
             _ = conn.closed.cancelled() => break,
-            _ = conn.stop_reading.cancelled() => {
-                conn.closed.cancelled().await;
-                break;
-            }
             m = rx.recv() => m,
         };
         let Some(text) = msg else { break };

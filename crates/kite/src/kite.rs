@@ -36,6 +36,9 @@ pub enum NewKiteError {
     /// The name or version contains `/`.
     #[error("kite name and version must not contain '/'")]
     Slash,
+    /// The configuration could not be loaded ([`Kite::load`]).
+    #[error("loading the kite configuration: {0}")]
+    Config(String),
 }
 
 #[derive(Default, Clone)]
@@ -217,6 +220,13 @@ impl Kite {
     /// error).
     pub fn new(name: &str, version: &str) -> Result<Kite, NewKiteError> {
         Kite::with_config(name, version, Config::default())
+    }
+
+    /// Creates a kite with the full configuration load of PROTOCOL.md 7.3: defaults, then
+    /// `$KITE_HOME/kite.key` (must exist), then `KITE_*` environment variables.
+    pub fn load(name: &str, version: &str) -> Result<Kite, NewKiteError> {
+        let config = Config::load().map_err(|e| NewKiteError::Config(e.to_string()))?;
+        Kite::with_config(name, version, config)
     }
 
     /// Creates a kite with the given configuration (e.g. a fully loaded one).

@@ -168,8 +168,20 @@ impl Kite {
         let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let shutdown = self.core.server.shutdown.clone();
         let mut conns = tokio::task::JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.limits.max_http_connections.max(1),
+        ));
         info!(url = ?self.url(), "serving {}", self.name());
         loop {
+            // At the connection bound, stop accepting until a connection ends.
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                s = slots.clone().acquire_owned() => match s {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 a = listener.accept() => a,
@@ -185,7 +197,11 @@ impl Kite {
                 }
             };
             let _ = stream.set_nodelay(true);
-            conns.spawn(serve_connection(stream, remote, app.clone(), tls.clone()));
+            let (app, tls) = (app.clone(), tls.clone());
+            conns.spawn(async move {
+                serve_connection(stream, remote, app, tls).await;
+                drop(slot);
+            });
         }
         drop(listener);
         graceful_close(&self.core).await;
@@ -242,9 +258,7 @@ async fn graceful_close(core: &Arc<Core>) {
     for c in &conns {
         c.drain(deadline).await;
     }
-    for c in &conns {
-        c.close().await;
-    }
+    futures_util::future::join_all(conns.iter().map(|c| c.close())).await;
     debug!(count = conns.len(), "closed accepted connections");
 }
 
@@ -271,6 +285,9 @@ async fn wait_for_signal() {
     }
 }
 
+/// How long a client may take to send a request's headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -282,7 +299,10 @@ async fn serve_connection(
 ) {
     let app = app.layer(axum::Extension(axum::extract::ConnectInfo(remote)));
     let svc = hyper_util::service::TowerToHyperService::new(app.into_service());
-    let builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let result = match tls {
         None => {
             builder

@@ -25,6 +25,9 @@ pub struct Limits {
     pub dial_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight handlers (default 10 s).
     pub shutdown_timeout: Duration,
+    /// Most HTTP connections served at once (default 10 000); at the bound the listener
+    /// stops accepting until one ends.
+    pub max_http_connections: usize,
     /// Capacity of each session's outgoing and incoming queues, in messages (default 128).
     pub session_queue: usize,
     /// Cap of the `dial_forever` back-off (default 60 s, as Go).
@@ -44,6 +47,7 @@ impl Default for Limits {
             dial_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(10),
             session_queue: 128,
+            max_http_connections: 10_000,
             max_backoff: Duration::from_secs(60),
             protocol: kite_protocol::dnode::Limits::default(),
         }

@@ -110,3 +110,24 @@ fn kitejs_in_node_calls_math() {
         );
     }
 }
+
+#[test]
+fn math_exits_cleanly_on_sigterm() {
+    let (mut math, url) = start_kite("math");
+    let out = run(Command::new(example("square_client")).arg(&url));
+    assert_eq!(out.trim(), "16");
+    let pid = math.0.id().to_string();
+    run(Command::new("kill").arg("-TERM").arg(&pid));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = math.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "math did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -265,3 +265,50 @@ async fn our_client_sends_like_go() {
         }
     }
 }
+
+/// The kite key a Go client sent in a capture, and the Kontrol key and issuer inside it.
+fn captured_kite_key(capture: &str) -> (String, String, String) {
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    let req = go_request(capture);
+    let key = req["arguments"][0]["authentication"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let claims = key.split('.').nth(1).unwrap();
+    let claims: Value =
+        serde_json::from_slice(&Base64UrlUnpadded::decode_vec(claims).unwrap()).unwrap();
+    (
+        key,
+        claims["kontrolKey"].as_str().unwrap().to_string(),
+        claims["iss"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kite_key_authentication_like_go() {
+    let capture = load("square_kitekey_auth");
+    let (key, kontrol_key, issuer) = captured_kite_key(&capture);
+
+    // Server: an auth-enabled kite trusting the capture's Kontrol accepts Go's request.
+    let mut k = Kite::new("math", "1.0.0").unwrap();
+    math_methods(&k);
+    k.config.username = "alice".into();
+    k.config.kontrol_key = kontrol_key;
+    k.config.kontrol_user = issuer;
+    let served = serve(k).await;
+    replay_against(&served.url, &capture).await;
+    served.handle.shutdown();
+
+    // Client: with the same kite key in its configuration, our client sends what Go sent.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (url, task) = fake_go_server(capture.clone(), seen.clone()).await;
+    let mut k = Kite::new("gokite-client", "1.0.0").unwrap();
+    k.config.username = "bob".into();
+    k.config.kite_key = key;
+    let c = k.new_client(&url);
+    c.dial().await.unwrap();
+    assert_eq!(c.tell("square", &(7,)).await.unwrap().as_f64(), Some(49.0));
+    let sent = normalize(seen.lock().unwrap()[0].clone());
+    assert_eq!(sent, go_request(&capture));
+    task.abort();
+}

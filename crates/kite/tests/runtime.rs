@@ -471,3 +471,36 @@ async fn kite_new_validates() {
     assert_eq!(k.identity().id.len(), 36);
     let _ = Value::Null;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_requests_but_inflight_handlers_can_call_back() {
+    let server = math_kite();
+    server.handle_func("slowAskBack", |r: Request| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let who = r.connection().tell("whoami", &()).await?;
+        Ok(who.into_value())
+    });
+    let served = serve(server).await;
+    let k = client_kite(Transport::WebSocket);
+    k.handle_func("whoami", |_r: Request| async move { Ok("the client") });
+    let c = k.new_client(&served.url);
+    c.dial().await.unwrap();
+    let pending = c.go("slowAskBack", &());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    served.handle.shutdown();
+    // Wait until the server is draining: new requests are refused.
+    let mut refused = None;
+    for _ in 0..100 {
+        match c.tell("square", &(2,)).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("refused during shutdown");
+    assert_eq!(e.message, "kite is shutting down");
+    assert_eq!(pending.await.unwrap().as_str(), Some("the client"));
+    served.handle.stopped().await;
+}

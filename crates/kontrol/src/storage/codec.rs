@@ -19,6 +19,12 @@ pub(crate) fn from_micros(us: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us)
 }
 
+/// `now + ttl`, in microseconds (saturating).
+pub(crate) fn deadline(now: SystemTime, ttl: Duration) -> SystemTime {
+    let ttl = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX);
+    from_micros(micros(now).saturating_add(ttl))
+}
+
 /// Truncates to microseconds, the precision every backend stores.
 pub(crate) fn now() -> SystemTime {
     from_micros(micros(SystemTime::now()))

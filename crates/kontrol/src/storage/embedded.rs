@@ -631,10 +631,6 @@ impl Op {
     }
 }
 
-fn deadline(now: SystemTime, ttl: Duration) -> SystemTime {
-    codec::from_micros(codec::micros(now).saturating_add(ttl.as_micros() as u64))
-}
-
 /// Applies one operation to the write transaction and stages its effects. The answer is
 /// staged before the fallible database write, so that a failed batch can answer it.
 fn apply(
@@ -653,7 +649,7 @@ fn apply(
             let record = Arc::new(KiteRecord {
                 created_at: live.map_or(now, |r| r.created_at),
                 updated_at: now,
-                expires_at: deadline(now, ttl),
+                expires_at: codec::deadline(now, ttl),
                 kite: reg.kite,
                 url: reg.url,
                 key_id: reg.key_id,
@@ -688,7 +684,7 @@ fn apply(
             if let Some(old) = live {
                 let mut record = KiteRecord::clone(&old);
                 record.updated_at = now;
-                record.expires_at = deadline(now, ttl);
+                record.expires_at = codec::deadline(now, ttl);
                 let bytes = codec::encode_record(&record);
                 staged.kites.insert(id.clone(), Some(Arc::new(record)));
                 kites.insert(id.as_str(), bytes.as_slice())?;

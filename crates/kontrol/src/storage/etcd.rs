@@ -76,10 +76,6 @@ fn lease_secs(ttl: Duration) -> i64 {
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
 }
 
-fn deadline(now: std::time::SystemTime, ttl: Duration) -> std::time::SystemTime {
-    codec::from_micros(codec::micros(now).saturating_add(ttl.as_micros() as u64))
-}
-
 /// A stored record with the facts a guarded write needs.
 struct Current {
     record: KiteRecord,
@@ -280,7 +276,7 @@ impl Etcd {
                 key_id: reg.key_id.clone(),
                 created_at: live.map_or(now, |c| c.record.created_at),
                 updated_at: now,
-                expires_at: deadline(now, ttl),
+                expires_at: codec::deadline(now, ttl),
             };
             if self.guarded_put(&record, ttl, cur.as_ref()).await? {
                 return Ok(record);
@@ -303,7 +299,7 @@ impl Etcd {
             }
             let mut record = cur.record.clone();
             record.updated_at = now;
-            record.expires_at = deadline(now, ttl);
+            record.expires_at = codec::deadline(now, ttl);
             if self.guarded_put(&record, ttl, Some(&cur)).await? {
                 return Ok(true);
             }

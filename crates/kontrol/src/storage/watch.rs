@@ -64,7 +64,6 @@ pub enum WatchError {
 #[derive(Debug, Clone)]
 pub(crate) enum HubMsg {
     Event(Arc<WatchEvent>),
-    #[allow(dead_code)] // produced by the PostgreSQL and etcd feeds
     Interrupted,
 }
 
