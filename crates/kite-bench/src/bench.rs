@@ -55,7 +55,7 @@ async fn run_echo(
     shape: Shape,
     plan: &Plan,
 ) -> anyhow::Result<Sample> {
-    if shape.shared {
+    if shape.shared && shape.callers > 1 {
         let c = echo::SharedConnection::dial(server.addr, request, shape.callers).await?;
         let callers = vec![c; shape.callers];
         Ok(stats::run(callers, plan.load).await)
@@ -122,47 +122,60 @@ pub(crate) async fn rpc(
         "p99.9 ms (× ceiling)",
     ]);
     for &shape in &plan.shapes {
-        let ceiling = if plan.ceiling || !with_rpc {
-            let what = format!(
-                "echo ceiling, {} callers, {} connections",
-                shape.callers,
-                shape.connections()
-            );
-            let s = run_echo(&echo, &request, shape, plan)
-                .await
-                .with_context(|| what.clone())?;
-            progress(&what, &s);
-            check(&s, &what, findings);
-            ceiling_table.row(vec![
-                shape.callers.to_string(),
-                shape.connections().to_string(),
-                int(s.rate()),
-                ms(s.ms(0.5)),
-                ms(s.ms(0.99)),
-                ms(s.ms(0.999)),
-            ]);
-            Some(s)
-        } else {
-            None
-        };
-        if !with_rpc {
-            continue;
+        // `None` is the echo ceiling.
+        let mut variants: Vec<Option<Wire>> = Vec::new();
+        if plan.ceiling || !with_rpc {
+            variants.push(None);
         }
-        for &wire in &plan.wires {
-            if wire == Wire::Xhr && shape.callers != plan.xhr_callers {
-                continue;
+        if with_rpc {
+            for &wire in &plan.wires {
+                if wire == Wire::Xhr && shape.callers != plan.xhr_callers {
+                    continue;
+                }
+                variants.push(Some(wire));
             }
-            let what = format!(
+        }
+        let name = |v: &Option<Wire>| {
+            format!(
                 "{}, {} callers, {} connections",
-                wire.name(),
+                v.map_or("echo ceiling", Wire::name),
                 shape.callers,
                 shape.connections()
-            );
-            let s = run_kite(&server, wire, shape, plan)
-                .await
+            )
+        };
+        let mut acc: Vec<Option<Sample>> = vec![None; variants.len()];
+        for _round in 0..plan.rounds {
+            for (v, slot) in variants.iter().zip(acc.iter_mut()) {
+                let what = name(v);
+                let s = match v {
+                    None => run_echo(&echo, &request, shape, plan).await,
+                    Some(wire) => run_kite(&server, *wire, shape, plan).await,
+                }
                 .with_context(|| what.clone())?;
+                match slot {
+                    Some(a) => a.merge(s),
+                    None => *slot = Some(s),
+                }
+            }
+        }
+        let mut ceiling = None;
+        for (v, s) in variants.iter().zip(acc) {
+            let Some(s) = s else { continue };
+            let what = name(v);
             progress(&what, &s);
             check(&s, &what, findings);
+            let Some(wire) = *v else {
+                ceiling_table.row(vec![
+                    shape.callers.to_string(),
+                    shape.connections().to_string(),
+                    int(s.rate()),
+                    ms(s.ms(0.5)),
+                    ms(s.ms(0.99)),
+                    ms(s.ms(0.999)),
+                ]);
+                ceiling = Some(s);
+                continue;
+            };
             let c = ceiling.as_ref();
             let rel = |v: f64, q: f64| match c {
                 Some(c) => format!("{} ({})", ms(v), times(v, c.ms(q))),
@@ -233,20 +246,35 @@ pub(crate) async fn auth(plan: &Plan, findings: &mut Findings) -> anyhow::Result
         "p99 ms none / token / kiteKey",
     ]);
     for &shape in &plan.shapes {
-        let mut samples = Vec::new();
-        for (mode, server) in modes.iter().zip(&servers) {
-            let what = format!(
+        let what = |mode: &AuthMode| {
+            format!(
                 "auth {}, {} callers, {} connections",
                 mode.name(),
                 shape.callers,
                 shape.connections()
-            );
-            let s = run_kite(server, Wire::SockJsWs, shape, plan)
-                .await
-                .with_context(|| what.clone())?;
-            progress(&what, &s);
-            check(&s, &what, findings);
+            )
+        };
+        let mut acc: Vec<Option<Sample>> = vec![None; modes.len()];
+        for _round in 0..plan.rounds {
+            for ((mode, server), slot) in modes.iter().zip(&servers).zip(acc.iter_mut()) {
+                let s = run_kite(server, Wire::SockJsWs, shape, plan)
+                    .await
+                    .with_context(|| what(mode))?;
+                match slot {
+                    Some(a) => a.merge(s),
+                    None => *slot = Some(s),
+                }
+            }
+        }
+        let mut samples = Vec::new();
+        for (mode, s) in modes.iter().zip(acc) {
+            let Some(s) = s else { continue };
+            progress(&what(mode), &s);
+            check(&s, &what(mode), findings);
             samples.push(s);
+        }
+        if samples.len() < modes.len() {
+            continue;
         }
         let base = samples[0].rate();
         table.row(vec![

@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context as _};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
@@ -122,8 +121,9 @@ impl Caller for OwnConnection {
     }
 }
 
-/// Callers sharing one connection: a writer task batches their requests, a reader task
-/// hands answers back in order (the echo server answers in order).
+/// Callers sharing one connection, served by one I/O task (as the kite client's session
+/// is): it writes every request queued at the time before one flush, and hands answers
+/// back in order (the echo server answers in order).
 #[derive(Clone)]
 pub(crate) struct SharedConnection {
     tx: mpsc::Sender<oneshot::Sender<()>>,
@@ -131,45 +131,45 @@ pub(crate) struct SharedConnection {
 
 impl SharedConnection {
     pub async fn dial(addr: SocketAddr, request: &str, callers: usize) -> anyhow::Result<Self> {
-        let ws = dial(addr).await?;
-        let (mut sink, mut stream) = ws.split();
+        let mut ws = dial(addr).await?;
         let (tx, mut rx) = mpsc::channel::<oneshot::Sender<()>>(callers.max(1));
-        let waiting: Arc<Mutex<VecDeque<oneshot::Sender<()>>>> = Arc::default();
         let request = Utf8Bytes::from(request.to_owned());
-        let w = waiting.clone();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut next = Some(first);
-                while let Some(done) = next.take() {
-                    lock(&w).push_back(done);
-                    if sink.feed(Message::Text(request.clone())).await.is_err() {
-                        return;
+            let mut waiting: VecDeque<oneshot::Sender<()>> = VecDeque::with_capacity(callers);
+            loop {
+                tokio::select! {
+                    done = rx.recv() => {
+                        let Some(done) = done else {
+                            // Every caller is gone.
+                            let _ = ws.close(None).await;
+                            return;
+                        };
+                        let mut next = Some(done);
+                        while let Some(done) = next.take() {
+                            waiting.push_back(done);
+                            if ws.feed(Message::Text(request.clone())).await.is_err() {
+                                return;
+                            }
+                            next = rx.try_recv().ok();
+                        }
+                        if ws.flush().await.is_err() {
+                            return;
+                        }
                     }
-                    next = rx.try_recv().ok();
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-            // Every caller is gone: close, so the reader ends with the connection.
-            let _ = sink.send(Message::Close(None)).await;
-        });
-        tokio::spawn(async move {
-            while let Some(Ok(m)) = stream.next().await {
-                if let Message::Text(_) = m {
-                    let done = lock(&waiting).pop_front();
-                    if let Some(done) = done {
-                        let _ = done.send(());
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(_))) => {
+                            if let Some(done) = waiting.pop_front() {
+                                let _ = done.send(());
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        None | Some(Err(_)) => return,
                     }
                 }
             }
         });
         Ok(SharedConnection { tx })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Caller for SharedConnection {

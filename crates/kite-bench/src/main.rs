@@ -38,12 +38,17 @@ struct Cli {
     /// Tiny run that only proves every part works (a few hundred calls, a few connections).
     #[arg(long, global = true)]
     smoke: bool,
-    /// Measured seconds per throughput row (default 4; 0.9 with --quick).
+    /// Measured seconds per throughput row, over all rounds (default 4; 0.6 with --quick).
     #[arg(long, global = true)]
     duration: Option<f64>,
-    /// Unmeasured warm-up seconds before each row (default 1; 0.3 with --quick).
+    /// Unmeasured warm-up seconds before each round of a row (default 0.25; 0.1 with --quick).
     #[arg(long, global = true)]
     warmup: Option<f64>,
+    /// Rounds per throughput row: the rows compared with each other are measured in turn,
+    /// round after round, so that load changes on a shared machine hit them alike
+    /// (default 4; 2 with --quick).
+    #[arg(long, global = true)]
+    rounds: Option<usize>,
     /// Make exactly this many calls per throughput row (no warm-up) instead of timing.
     #[arg(long, global = true)]
     calls: Option<u64>,
@@ -179,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<Findings> {
         duration: cli.duration,
         warmup: cli.warmup,
         calls: cli.calls,
+        rounds: cli.rounds,
         callers: cli.callers,
         sharing: cli.sharing,
         wires: cli.wires,

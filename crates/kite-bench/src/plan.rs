@@ -44,7 +44,10 @@ impl Backend {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub mode: &'static str,
+    /// The load of one round; every throughput row is measured in `rounds` rounds,
+    /// interleaved with the rows it is compared with.
     pub load: Load,
+    pub rounds: usize,
     pub shapes: Vec<Shape>,
     /// XHR polling is measured at this many callers.
     pub xhr_callers: usize,
@@ -64,6 +67,7 @@ pub(crate) struct Overrides {
     pub duration: Option<f64>,
     pub warmup: Option<f64>,
     pub calls: Option<u64>,
+    pub rounds: Option<usize>,
     pub callers: Option<Vec<usize>>,
     pub sharing: Option<Sharing>,
     pub wires: Option<Vec<crate::rpc::Wire>>,
@@ -85,31 +89,25 @@ pub(crate) enum Sharing {
 impl Plan {
     pub fn new(o: &Overrides) -> Plan {
         use crate::rpc::Wire;
-        let (mode, warmup, measure, callers, connections, kites, queries) = if o.smoke {
-            ("smoke", 0.0, 0.0, vec![1, 4], vec![20], vec![200], 50)
+        let (mode, rounds, warmup, measure) = if o.smoke {
+            ("smoke", 1, 0.0, 0.0)
         } else if o.quick {
-            (
-                "quick",
-                0.3,
-                0.9,
-                vec![1, 8, 64],
-                vec![1000],
-                vec![10_000],
-                500,
-            )
+            ("quick", 2, 0.1, 0.6)
         } else {
-            (
-                "full",
-                1.0,
-                4.0,
-                vec![1, 8, 64],
-                vec![1000, 5000],
-                vec![10_000, 100_000],
-                2000,
-            )
+            ("full", 4, 0.25, 4.0)
         };
+        let callers = if o.smoke { vec![1, 4] } else { vec![1, 8, 64] };
+        let (connections, kites, queries) = if o.smoke {
+            (vec![20], vec![200], 50)
+        } else if o.quick {
+            (vec![1000], vec![10_000], 500)
+        } else {
+            (vec![1000, 5000], vec![10_000, 100_000], 2000)
+        };
+        let rounds = o.rounds.unwrap_or(rounds).max(1);
         let warmup = o.warmup.unwrap_or(warmup);
-        let measure = o.duration.unwrap_or(measure);
+        // --duration is the measured time of a row, over all its rounds.
+        let measure = o.duration.unwrap_or(measure) / rounds as f64;
         let load = if let Some(n) = o.calls {
             Load::Calls(n)
         } else if o.smoke && o.duration.is_none() {
@@ -149,6 +147,11 @@ impl Plan {
         Plan {
             mode,
             load,
+            rounds: if matches!(load, Load::Calls(_)) {
+                1
+            } else {
+                rounds
+            },
             shapes,
             xhr_callers,
             ceiling: !o.no_ceiling,
@@ -169,9 +172,11 @@ impl Plan {
     pub fn describe_load(&self) -> String {
         match self.load {
             Load::Timed { warmup, measure } => format!(
-                "{:.1} s warm-up + {:.1} s measured per row",
+                "Each row: {} round(s) of {:.2} s warm-up + {:.2} s measured ({:.1} s measured in all), rows compared with each other measured in turn within each round",
+                self.rounds,
                 warmup.as_secs_f64(),
-                measure.as_secs_f64()
+                measure.as_secs_f64(),
+                measure.as_secs_f64() * self.rounds as f64
             ),
             Load::Calls(n) => format!("{n} calls per row"),
         }

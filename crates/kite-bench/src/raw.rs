@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -112,24 +112,21 @@ impl kite::Connector for RawWsConnector {
     }
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Dnode>>>;
+/// One call for the I/O task: the request text, its callback id, where to answer.
+type Outgoing = (u64, String, oneshot::Sender<Dnode>);
 
 struct Inner {
-    tx: mpsc::Sender<String>,
-    pending: Arc<Pending>,
+    tx: mpsc::Sender<Outgoing>,
     next_id: AtomicU64,
     identity: Identity,
     auth: Option<Authentication>,
 }
 
-/// A bare dnode caller on one raw WebSocket; clones share the connection.
+/// A bare dnode caller on one raw WebSocket, served by one I/O task; clones share the
+/// connection.
 #[derive(Clone)]
 pub(crate) struct DnodeCaller {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl DnodeCaller {
@@ -138,48 +135,51 @@ impl DnodeCaller {
         identity: Identity,
         auth: Option<Authentication>,
     ) -> anyhow::Result<Self> {
-        let ws = dial(kite_url).await?;
-        let (mut sink, mut stream) = ws.split();
-        let (tx, mut rx) = mpsc::channel::<String>(128);
-        let pending: Arc<Pending> = Arc::default();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut next = Some(first);
-                while let Some(text) = next.take() {
-                    if sink.feed(Message::text(text)).await.is_err() {
-                        return;
-                    }
-                    next = rx.try_recv().ok();
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-            // Every caller is gone: close, so the reader ends with the connection.
-            let _ = sink.send(Message::Close(None)).await;
-        });
-        let p = pending.clone();
+        let mut ws = dial(kite_url).await?;
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(128);
         tokio::spawn(async move {
             let limits = dnode::Limits::default();
-            while let Some(Ok(m)) = stream.next().await {
-                let Message::Text(t) = m else { continue };
-                let Ok(msg) = Dnode::decode(t.as_str(), &limits) else {
-                    continue;
-                };
-                if let Method::Callback(id) = msg.method {
-                    let waiter = lock(&p).remove(&id);
-                    if let Some(w) = waiter {
-                        let _ = w.send(msg);
+            let mut pending: HashMap<u64, oneshot::Sender<Dnode>> = HashMap::new();
+            loop {
+                tokio::select! {
+                    call = rx.recv() => {
+                        let Some(call) = call else {
+                            // Every caller is gone.
+                            let _ = ws.close(None).await;
+                            return;
+                        };
+                        let mut next = Some(call);
+                        while let Some((id, text, done)) = next.take() {
+                            pending.insert(id, done);
+                            if ws.feed(Message::text(text)).await.is_err() {
+                                return;
+                            }
+                            next = rx.try_recv().ok();
+                        }
+                        if ws.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) => {
+                            let Ok(msg) = Dnode::decode(t.as_str(), &limits) else {
+                                continue;
+                            };
+                            if let Method::Callback(id) = msg.method {
+                                if let Some(done) = pending.remove(&id) {
+                                    let _ = done.send(msg);
+                                }
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        None | Some(Err(_)) => return,
                     }
                 }
             }
-            // Connection gone: fail every waiting call.
-            lock(&p).clear();
         });
         Ok(DnodeCaller {
             inner: Arc::new(Inner {
                 tx,
-                pending,
                 next_id: AtomicU64::new(1),
                 identity,
                 auth,
@@ -194,9 +194,7 @@ impl Caller for DnodeCaller {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let text = payload::request(&inner.identity, inner.auth.as_ref(), id);
         let (done, answered) = oneshot::channel();
-        lock(&inner.pending).insert(id, done);
-        if inner.tx.send(text).await.is_err() {
-            lock(&inner.pending).remove(&id);
+        if inner.tx.send((id, text, done)).await.is_err() {
             bail!("raw WebSocket closed");
         }
         let msg = answered

@@ -52,6 +52,17 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
+    /// Adds another measurement of the same thing (e.g. a later round).
+    pub fn merge(&mut self, other: Sample) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.elapsed += other.elapsed;
+        let _ = self.hist.add(&other.hist);
+    }
+
     /// Successful calls per second.
     pub fn rate(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
