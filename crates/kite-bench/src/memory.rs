@@ -59,7 +59,18 @@ pub(crate) async fn memory(
     }
     let load_before = machine::loadavg();
     let exe = std::env::current_exe().context("current_exe")?;
-    let mut child = Command::new(exe)
+    // KITE_BENCH_CHILD_WRAPPER runs the server under a tool, e.g. `valgrind --tool=dhat`.
+    let wrapper = std::env::var("KITE_BENCH_CHILD_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .arg("memory-server")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -141,7 +152,7 @@ pub(crate) async fn memory(
         c.close().await;
     }
     drop(child.stdin.take());
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
     let _ = child.kill().await;
     println!("### Memory per idle connection (server process)\n");
     println!(
