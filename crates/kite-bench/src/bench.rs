@@ -214,7 +214,7 @@ pub(crate) async fn rpc(
     if with_rpc && !rpc_table.is_empty() {
         println!("### RPC: `square` on a kite, no authentication\n");
         println!(
-            "Server and callers in this process (tokio, {} worker threads). Ratios against the echo ceiling of the same callers and connections, measured just before. {}. Load average before/after: {load_before} / {load_after}.\n",
+            "Server and callers in this process (tokio, {} worker threads). Ratios against the echo ceiling of the same callers and connections, measured in the same rounds. {}. Load average before/after: {load_before} / {load_after}.\n",
             machine::workers(),
             plan.describe_load()
         );
