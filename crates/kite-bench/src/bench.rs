@@ -303,9 +303,20 @@ pub(crate) async fn auth(plan: &Plan, findings: &mut Findings) -> anyhow::Result
         }
     }
     let load_after = machine::loadavg();
+    let caller = rpc::caller_kite(Wire::SockJsWs)?;
+    let sizes: Vec<String> = modes
+        .iter()
+        .zip(&servers)
+        .map(|(mode, server)| {
+            let (identity, auth) = rpc::wire_identity(&caller, server.auth.as_ref());
+            let (request, _) = crate::payload::sockjs_sizes(&identity, auth.as_ref());
+            format!("{} {} B", mode.name(), request.len())
+        })
+        .collect();
     println!("### Authentication cost (SockJS WebSocket)\n");
     println!(
-        "The kite trusts a 2048-bit Kontrol key; callers send a token (audience `/bench/<env>/math`) or a kite key issued with it. {}. Load average before/after: {load_before} / {load_after}.\n",
+        "The kite trusts a 2048-bit Kontrol key; callers send a token (audience `/bench/<env>/math`) or a kite key issued with it (request frames: {}). {}. Load average before/after: {load_before} / {load_after}.\n",
+        sizes.join(", "),
         plan.describe_load()
     );
     table.print();

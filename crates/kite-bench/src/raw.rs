@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -72,18 +72,31 @@ impl kite::Connector for RawWsConnector {
             let (mut sink, mut stream) = ws.split();
             let deliver = side.deliverer();
             tokio::spawn(async move {
+                // Batching as kite-sockjs's WebSocket client does: while more messages were
+                // received than are queued to go out, yield once so the answers join the
+                // write.
+                let pending = AtomicUsize::new(0);
                 let reading = async {
                     while let Some(Ok(m)) = stream.next().await {
                         if let Message::Text(t) = m {
                             if deliver.deliver(t.as_str().to_owned()).await.is_err() {
                                 return;
                             }
+                            pending.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 };
                 let writing = async {
                     let mut batch = Vec::new();
                     while side.next_batch(&mut batch, 256).await {
+                        if pending.load(Ordering::Relaxed) > batch.len() {
+                            tokio::task::yield_now().await;
+                            side.try_batch(&mut batch, 256);
+                        }
+                        let sent = batch.len();
+                        let _ = pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                            Some(p.saturating_sub(sent))
+                        });
                         for item in batch.drain(..) {
                             match item {
                                 kite_sockjs::session::Outbound::Message(m) => {

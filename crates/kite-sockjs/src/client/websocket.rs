@@ -1,5 +1,7 @@
 //! SockJS over WebSocket, dialed like Go's kite client.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use futures_util::{SinkExt, StreamExt};
 use kite_protocol::sockjs::{decode_server_frame, ServerFrame};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -100,9 +102,11 @@ pub(super) async fn connect(
 async fn run(ws: Ws, outbound: TransportSide, inbound: Deliverer, max_batch_bytes: usize) {
     let id = outbound.info().id().to_string();
     let (sink, stream) = ws.split();
+    // Messages received and not yet matched by as many sent (see `write_loop`).
+    let pending = AtomicUsize::new(0);
     let why = tokio::select! {
-        why = read_loop(stream, &inbound) => why,
-        why = write_loop(sink, outbound, max_batch_bytes) => why,
+        why = read_loop(stream, &inbound, &pending) => why,
+        why = write_loop(sink, outbound, max_batch_bytes, &pending) => why,
     };
     tracing::debug!(session = %id, transport = "websocket", "SockJS client session ended: {why}");
 }
@@ -110,6 +114,7 @@ async fn run(ws: Ws, outbound: TransportSide, inbound: Deliverer, max_batch_byte
 async fn read_loop(
     mut stream: futures_util::stream::SplitStream<Ws>,
     inbound: &Deliverer,
+    pending: &AtomicUsize,
 ) -> String {
     loop {
         let message = tokio::select! {
@@ -135,6 +140,7 @@ async fn read_loop(
                     if inbound.deliver(message).await.is_err() {
                         return "the receiver was dropped".into();
                     }
+                    pending.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(ServerFrame::Close { code, reason }) => {
@@ -150,11 +156,24 @@ async fn write_loop(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
     mut outbound: TransportSide,
     max_batch_bytes: usize,
+    pending: &AtomicUsize,
 ) -> String {
     let mut batch = Vec::with_capacity(16);
     let mut frames = Vec::with_capacity(1);
     loop {
         let more = outbound.next_batch(&mut batch, MAX_BATCH_ITEMS).await;
+        // The callers answered by the responses received together send their next calls a
+        // moment apart: while more responses arrived than calls are queued, let them run
+        // once so their calls share this write.
+        let received = pending.load(Ordering::Relaxed);
+        if more && received > batch.len() {
+            tokio::task::yield_now().await;
+            outbound.try_batch(&mut batch, MAX_BATCH_ITEMS);
+        }
+        let sent = batch.len();
+        let _ = pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            Some(p.saturating_sub(sent))
+        });
         let close = !more || encode_batch(&mut batch, &mut frames, max_batch_bytes);
         for frame in frames.drain(..) {
             if let Err(e) = sink.feed(Message::text(frame)).await {

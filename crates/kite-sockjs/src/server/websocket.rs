@@ -507,12 +507,22 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
         tokio::pin!(delivering);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + p.heartbeat, p.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Messages delivered to the user and not yet matched by as many outgoing ones:
+        // while more are pending than a batch holds, answers are still being produced.
+        let mut pending = 0usize;
         loop {
             tokio::select! {
                 more = side.next_batch(&mut batch, p.max_batch) => {
                     if !more {
                         break go_away();
                     }
+                    // Answers to requests delivered together are queued a moment apart by
+                    // the tasks handling them: let them run once so they share this write.
+                    if pending > batch.len() {
+                        tokio::task::yield_now().await;
+                        side.try_batch(&mut batch, p.max_batch);
+                    }
+                    pending = pending.saturating_sub(batch.len());
                     let close = take_batch(&mut batch, &mut frames, p.sockjs);
                     if !frames.is_empty() && write(&mut io, &mut frames, &p).await.is_err() {
                         break End::Gone;
@@ -526,6 +536,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                     if delivered.is_err() {
                         break End::ReceiverGone;
                     }
+                    pending = pending.saturating_add(1);
                     if let Some(m) = queue.next() {
                         delivering.set(deliverer.deliver(m).fuse());
                     }
