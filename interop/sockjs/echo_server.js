@@ -89,6 +89,12 @@ const httpServer = tlsAt >= 0
     key: fs.readFileSync(process.argv[tlsAt + 2]),
   }, handler)
   : http.createServer(handler);
+// A client that drops a refused WebSocket handshake before reading the whole answer resets
+// the connection; Node emits that as an 'error' on the socket, which would kill this
+// process if nobody listened. Such resets are the peer's business, not a server failure.
+httpServer.on('connection', (socket) => socket.on('error', () => {}));
+httpServer.on('secureConnection', (socket) => socket.on('error', () => {}));
+httpServer.on('tlsClientError', () => {});
 for (const s of services) {
   s.server.installHandlers(httpServer, { prefix: s.prefix });
 }
