@@ -28,7 +28,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use crate::queue::{self, Rx, TrySendError, Tx};
 
 /// Which transport carries a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,8 +158,8 @@ impl Session {
     /// Creates a session and the transport's side of it, with bounded queues of
     /// `outgoing` and `incoming` messages. Transports call this; users receive sessions.
     pub fn pair(info: SessionInfo, outgoing: usize, incoming: usize) -> (Session, TransportSide) {
-        let (out_tx, out_rx) = mpsc::channel(outgoing.max(1));
-        let (in_tx, in_rx) = mpsc::channel(incoming.max(1));
+        let (out_tx, out_rx) = queue::bounded(outgoing);
+        let (in_tx, in_rx) = queue::bounded(incoming);
         let info = Arc::new(info);
         (
             Session {
@@ -192,7 +192,7 @@ impl Session {
 /// any clone lives (or until the transport closes it).
 #[derive(Debug, Clone)]
 pub struct SessionSender {
-    tx: mpsc::Sender<Outbound>,
+    tx: Tx<Outbound>,
     info: Arc<SessionInfo>,
 }
 
@@ -210,8 +210,8 @@ impl SessionSender {
         self.tx
             .try_send(Outbound::Message(message))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SendError::Full,
-                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+                TrySendError::Full(_) => SendError::Full,
+                TrySendError::Closed(_) => SendError::Closed,
             })
     }
 
@@ -246,7 +246,7 @@ impl SessionSender {
 /// Yields incoming messages in arrival order; `None` once the session has ended.
 #[derive(Debug)]
 pub struct SessionReceiver {
-    rx: mpsc::Receiver<String>,
+    rx: Rx<String>,
 }
 
 impl SessionReceiver {
@@ -264,8 +264,8 @@ impl SessionReceiver {
 /// The transport's side of a session (used by transport implementations).
 #[derive(Debug)]
 pub struct TransportSide {
-    outbound: mpsc::Receiver<Outbound>,
-    inbound: mpsc::Sender<String>,
+    outbound: Rx<Outbound>,
+    inbound: Tx<String>,
     info: Arc<SessionInfo>,
 }
 
@@ -284,28 +284,36 @@ impl TransportSide {
     /// (up to `max` items) into `batch`. Returns `false` once every sender is gone and the
     /// queue is drained.
     pub async fn next_batch(&mut self, batch: &mut Vec<Outbound>, max: usize) -> bool {
-        let max = max.max(1);
-        match self.outbound.recv().await {
-            None => return false,
-            Some(first) => batch.push(first),
-        }
-        while batch.len() < max {
-            match self.outbound.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
-        true
+        let want = max.max(1).saturating_sub(batch.len()).max(1);
+        std::future::poll_fn(|cx| self.outbound.poll_take(cx, batch, want)).await
+    }
+
+    /// Poll form of [`TransportSide::next_batch`]: `Ready(true)` with at least one item
+    /// moved into `batch`, `Ready(false)` once every sender is gone and the queue is
+    /// drained, `Pending` (the task is woken) while nothing is queued.
+    pub fn poll_next_batch(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        batch: &mut Vec<Outbound>,
+        max: usize,
+    ) -> std::task::Poll<bool> {
+        let want = max.max(1).saturating_sub(batch.len()).max(1);
+        self.outbound.poll_take(cx, batch, want)
     }
 
     /// Takes everything queued right now (up to `max` items) without waiting.
     pub fn try_batch(&mut self, batch: &mut Vec<Outbound>, max: usize) {
-        while batch.len() < max.max(1) {
-            match self.outbound.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
+        let want = max.max(1).saturating_sub(batch.len());
+        if want > 0 {
+            self.outbound.try_take(batch, want);
         }
+    }
+
+    /// Gives back the storage of both queues while they are empty (call it when the
+    /// session has been idle for a while, e.g. on a heartbeat).
+    pub fn release_idle(&self) {
+        self.outbound.release_idle();
+        self.inbound.release_idle();
     }
 
     /// Delivers one incoming message, waiting while the receiver's queue is full.
@@ -337,7 +345,7 @@ impl TransportSide {
 /// Delivers incoming messages of one session; see [`TransportSide::deliverer`].
 #[derive(Debug, Clone)]
 pub struct Deliverer {
-    inbound: mpsc::Sender<String>,
+    inbound: Tx<String>,
 }
 
 impl Deliverer {

@@ -565,6 +565,8 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                     }
                 },
                 _ = heartbeat.tick() => {
+                    // Idle or not, queues that are empty now give their storage back.
+                    side.release_idle();
                     let r = if p.sockjs {
                         frames.push(sockjs::HEARTBEAT_FRAME.to_string());
                         write(&mut io, &mut frames, &p).await
