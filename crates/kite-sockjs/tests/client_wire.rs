@@ -512,15 +512,9 @@ async fn dropping_the_receiver_closes_the_session() {
     drop(rx);
     tokio::time::timeout(DEADLINE, tx.closed()).await.unwrap();
     assert!(tx.send("late".into()).await.is_err());
-    // The server sees the connection go (a close frame or the end of the stream).
-    let next = tokio::time::timeout(DEADLINE, frames.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(&next, Message::Close(_)) || next == Message::Text("<eof>".into()),
-        "{next:?}"
-    );
+    // The server sees a clean WebSocket close (1000) before the connection ends, although
+    // the sending half is still alive.
+    expect_clean_close(&mut frames).await;
 
     // Same over XHR polling: the client stops polling and sending.
     let ok = StatusCode::OK;
@@ -528,6 +522,46 @@ async fn dropping_the_receiver_closes_the_session() {
     let (tx, rx) = connect(&url, &xhr_config()).await.unwrap().split();
     drop(rx);
     tokio::time::timeout(DEADLINE, tx.closed()).await.unwrap();
+}
+
+/// The next frames the echo server reports are a close frame with code 1000, then the end
+/// of the stream.
+async fn expect_clean_close(frames: &mut mpsc::UnboundedReceiver<Message>) {
+    let next = tokio::time::timeout(DEADLINE, frames.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match &next {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, 1000, "{next:?}"),
+        other => panic!("expected a close frame with code 1000, got {other:?}"),
+    }
+    let eof = tokio::time::timeout(DEADLINE, frames.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(eof, Message::Text("<eof>".into()));
+}
+
+#[tokio::test]
+async fn dropping_a_session_completes_the_closing_handshake() {
+    // Both halves dropped at once, after some traffic: the read and the write side of the
+    // client end together; whichever wins, the close frame must go out.
+    for _ in 0..20 {
+        let rec = Recorder::default();
+        let (frames_tx, mut frames) = mpsc::unbounded_channel();
+        let url = serve(ws_app(rec.clone(), frames_tx, false)).await;
+        let session = connect(&url, &ClientConfig::default()).await.unwrap();
+        let (tx, mut rx) = session.split();
+        tx.send("hi".into()).await.unwrap();
+        assert_eq!(recv(&mut rx).await.as_deref(), Some("hi"));
+        let hi = tokio::time::timeout(DEADLINE, frames.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hi, Message::Text(r#"["hi"]"#.into()));
+        drop((tx, rx));
+        expect_clean_close(&mut frames).await;
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures_util::{SinkExt, StreamExt};
 use kite_protocol::sockjs::{decode_server_frame, ServerFrame};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -15,8 +16,8 @@ use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, Transport
 
 type Ws = WebSocketStream<MaybeTlsStream>;
 
-/// How long a goodbye close frame may take to write before the connection is dropped.
-const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the closing handshake may take before the connection is dropped.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) async fn connect(
     target: &Target,
@@ -97,22 +98,49 @@ pub(super) async fn connect(
     Ok(session)
 }
 
-/// The session's I/O: reading and writing run side by side; when either ends, the
-/// connection is dropped and both halves of the session are closed.
+/// The session's I/O: reading and writing run side by side; when either ends, both halves
+/// of the session are closed and the connection ends with a WebSocket closing handshake
+/// (close frame 1000 sent, the server's close awaited; bounded by [`CLOSE_TIMEOUT`]), so
+/// the server sees a clean close whichever side ended first.
 async fn run(ws: Ws, outbound: TransportSide, inbound: Deliverer, max_batch_bytes: usize) {
     let id = outbound.info().id().to_string();
-    let (sink, stream) = ws.split();
+    let (mut sink, mut stream) = ws.split();
     // Messages received and not yet matched by as many sent (see `write_loop`).
     let pending = AtomicUsize::new(0);
+    let mut outbound = outbound;
     let why = tokio::select! {
-        why = read_loop(stream, &inbound, &pending) => why,
-        why = write_loop(sink, outbound, max_batch_bytes, &pending) => why,
+        why = read_loop(&mut stream, &inbound, &pending) => why,
+        why = write_loop(&mut sink, &mut outbound, max_batch_bytes, &pending) => why,
     };
+    // The session ends for its user now, not after the goodbye.
+    drop(outbound);
+    drop(inbound);
     tracing::debug!(session = %id, transport = "websocket", "SockJS client session ended: {why}");
+    if let Ok(ws) = stream.reunite(sink) {
+        close_handshake(ws).await;
+    }
+}
+
+/// Sends a close frame (or completes the one the server started) and waits for the server
+/// to finish the handshake, at most [`CLOSE_TIMEOUT`].
+async fn close_handshake(mut ws: Ws) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: Default::default(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // After the server's close frame this flushes the automatic reply (and fails with
+        // `ConnectionClosed` once done); otherwise it sends ours.
+        if ws.close(Some(frame)).await.is_ok() {
+            // Read until the server's close reply ends the stream.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
 }
 
 async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<Ws>,
+    stream: &mut futures_util::stream::SplitStream<Ws>,
     inbound: &Deliverer,
     pending: &AtomicUsize,
 ) -> String {
@@ -153,8 +181,8 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
-    mut outbound: TransportSide,
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    outbound: &mut TransportSide,
     max_batch_bytes: usize,
     pending: &AtomicUsize,
 ) -> String {
@@ -184,9 +212,7 @@ async fn write_loop(
             return format!("write error: {e}");
         }
         if close {
-            // Say goodbye with a close frame; don't wait long for a slow peer.
-            let _ =
-                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(None))).await;
+            // `run` says goodbye with the closing handshake.
             return if more {
                 "closed by the user".into()
             } else {
