@@ -91,6 +91,13 @@ impl KiteServer {
         {
             k.sockjs.websocket_read_buffer = n;
         }
+        // ... and the most its adaptive read buffering grows to (default 64 KiB; 0 = off).
+        if let Some(n) = std::env::var("KITE_BENCH_WS_READ_BUFFER_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            k.sockjs.websocket_read_buffer_max = n;
+        }
         let auth = match (mode, kontrol) {
             (AuthMode::None, _) => {
                 k.config.disable_authentication = true;

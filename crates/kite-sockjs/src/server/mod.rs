@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+mod adaptive_read;
 mod http_util;
 mod websocket;
 mod xhr;
@@ -94,9 +95,16 @@ pub struct ServerConfig {
     /// peer stopped reading — closes the session with a log line. Default 30 s.
     pub write_timeout: Duration,
     /// Read buffer of each WebSocket connection in bytes: allocated per connection for its
-    /// whole life, and the most one socket read takes in (larger messages are assembled
-    /// from several reads). The main lever on the memory of idle connections. Default 512.
+    /// whole life, and the most one socket read takes in while messages are small (larger
+    /// messages are assembled from several reads). The main lever on the memory of idle
+    /// connections. Default 512.
     pub websocket_read_buffer: usize,
+    /// When a read fills the read buffer (a client sends in bulk), reads go through an extra
+    /// buffer of 16 KiB that doubles while reads fill it, up to this many bytes; it halves
+    /// when reads fill less than a quarter of it, and is freed when it falls below 16 KiB
+    /// or on the heartbeat of an idle connection. Below 16 KiB: no extra buffer, every read
+    /// takes at most `websocket_read_buffer`. Default 64 KiB.
+    pub websocket_read_buffer_max: usize,
     /// Script URL of the SockJS client loaded by the iframe page.
     pub sockjs_url: String,
 }
@@ -117,6 +125,7 @@ impl Default for ServerConfig {
             incoming_queue: 64,
             write_timeout: Duration::from_secs(30),
             websocket_read_buffer: 512,
+            websocket_read_buffer_max: 64 * 1024,
             sockjs_url: "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js"
                 .to_string(),
         }

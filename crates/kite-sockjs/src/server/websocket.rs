@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSo
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use super::adaptive_read::AdaptiveRead;
 use super::http_util;
 use super::xhr::encode_batch;
 use super::{SessionSlot, Shared};
@@ -82,6 +83,7 @@ struct Params {
     heartbeat: Duration,
     write_timeout: Duration,
     max_batch: usize,
+    read_buffer_max: usize,
     sockjs: bool,
 }
 
@@ -183,6 +185,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request, id: Arc<str>, sockjs: bool) ->
         heartbeat: cfg.heartbeat_interval,
         write_timeout: cfg.write_timeout,
         max_batch: cfg.outgoing_queue.max(1),
+        read_buffer_max: cfg.websocket_read_buffer_max,
         sockjs,
     };
     let ws_config = WebSocketConfig::default()
@@ -211,6 +214,7 @@ fn upgrade(shared: Arc<Shared>, mut req: Request, id: Arc<str>, sockjs: bool) ->
         );
         match hixie {
             None => {
+                let io = AdaptiveRead::new(io, params.read_buffer_max);
                 let ws =
                     WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config)).await;
                 shared.open_session(session);
@@ -258,14 +262,20 @@ trait FrameIo: Send {
     async fn flush(&mut self);
     /// Closing handshake with `code`.
     async fn close(&mut self, code: u16, reason: &str);
+    /// Gives back buffers that hold nothing (the connection is idle).
+    fn release_idle(&mut self) {}
 }
 
 struct Hybi {
-    ws: WebSocketStream<TokioIo<Upgraded>>,
+    ws: WebSocketStream<AdaptiveRead<TokioIo<Upgraded>>>,
 }
 
 impl FrameIo for Hybi {
     type Text = Utf8Bytes;
+
+    fn release_idle(&mut self) {
+        self.ws.get_mut().release_idle();
+    }
 
     async fn recv(&mut self) -> Recv<Utf8Bytes> {
         loop {
@@ -567,6 +577,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                 _ = heartbeat.tick() => {
                     // Idle or not, queues that are empty now give their storage back.
                     side.release_idle();
+                    io.release_idle();
                     let r = if p.sockjs {
                         frames.push(sockjs::HEARTBEAT_FRAME.to_string());
                         write(&mut io, &mut frames, &p).await

@@ -1,0 +1,243 @@
+//! An adaptive read buffer under the WebSocket codec.
+//!
+//! tungstenite reads the socket in pieces of at most its configured read buffer
+//! (`ServerConfig::websocket_read_buffer`, 512 B by default, allocated per connection for its
+//! whole life). That keeps idle connections small but costs one `recvfrom` per 512 B when
+//! a client sends a batch (a 24 KB batch of 64 requests took ~48 reads). [`AdaptiveRead`]
+//! sits between the codec and the socket:
+//!
+//! * while reads are small, they go straight into the codec's buffer (no buffer of ours,
+//!   no copy);
+//! * when a read fills the codec's whole request, more is probably waiting: the next reads
+//!   go through a buffer of ours, [`FIRST_BUFFER`] bytes, doubled each time a read fills it,
+//!   up to the configured maximum (`ServerConfig::websocket_read_buffer_max`);
+//! * a read that fills less than a quarter of it halves it; below [`FIRST_BUFFER`] it is
+//!   freed and reads go direct again. [`AdaptiveRead::release_idle`] frees it at once (the
+//!   transport calls it on its heartbeat, so idle connections hold no buffer of ours).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Size of our buffer when reads start filling the codec's requests.
+pub(crate) const FIRST_BUFFER: usize = 16 * 1024;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct AdaptiveRead<S> {
+    inner: S,
+    /// Our buffer (empty while reads go direct); `buf[start..end]` is unread data.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Size of the next buffered read; 0 = read directly into the caller's buffer.
+    size: usize,
+    max: usize,
+}
+
+impl<S> AdaptiveRead<S> {
+    /// Wraps `inner`; buffered reads grow up to `max` bytes (no buffering if `max` is
+    /// below [`FIRST_BUFFER`]).
+    pub(crate) fn new(inner: S, max: usize) -> Self {
+        AdaptiveRead {
+            inner,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            size: 0,
+            max,
+        }
+    }
+
+    /// Frees our buffer if it holds no unread data, and reads go direct again.
+    pub(crate) fn release_idle(&mut self) {
+        if self.start == self.end && !self.buf.is_empty() {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+            self.size = 0;
+        }
+    }
+
+    /// Bytes our buffer currently holds allocated (for tests).
+    #[cfg(test)]
+    fn buffer_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn copy_out(&mut self, out: &mut ReadBuf<'_>) {
+        let n = out.remaining().min(self.end - self.start);
+        out.put_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AdaptiveRead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.start < this.end {
+            this.copy_out(out);
+            return Poll::Ready(Ok(()));
+        }
+        let wanted = out.remaining();
+        if this.size == 0 || this.size <= wanted {
+            // Direct: into the caller's buffer.
+            let before = out.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+            let got = out.filled().len() - before;
+            if got == wanted && wanted > 0 && this.size == 0 && this.max >= FIRST_BUFFER {
+                this.size = FIRST_BUFFER;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        // Buffered: our buffer is empty here, so it can change size.
+        if this.buf.len() != this.size {
+            this.buf = vec![0; this.size];
+        }
+        let mut rb = ReadBuf::new(&mut this.buf);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+        let got = rb.filled().len();
+        if got == this.size {
+            this.size = (this.size * 2).min(this.max).max(this.size);
+        } else if got < this.size / 4 {
+            this.size /= 2;
+            if this.size < FIRST_BUFFER {
+                this.size = 0;
+            }
+        }
+        this.start = 0;
+        this.end = got;
+        if got > 0 {
+            this.copy_out(out);
+        }
+        if this.start == this.end && this.size == 0 {
+            this.buf = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AdaptiveRead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Counts the reads that reach the inner stream.
+    struct Counting<S> {
+        inner: S,
+        reads: usize,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let r = Pin::new(&mut self.inner).poll_read(cx, out);
+            if r.is_ready() {
+                self.reads += 1;
+            }
+            r
+        }
+    }
+
+    #[tokio::test]
+    async fn grows_for_bulk_and_releases_when_idle() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let mut r = AdaptiveRead::new(
+            Counting {
+                inner: ours,
+                reads: 0,
+            },
+            64 * 1024,
+        );
+        // Small messages: direct reads, no buffer of ours.
+        peer.write_all(b"hello").await.unwrap();
+        let mut small = [0u8; 512];
+        let n = r.read(&mut small).await.unwrap();
+        assert_eq!(&small[..n], b"hello");
+        assert_eq!(r.buffer_len(), 0);
+
+        // A 200 KB burst read by a codec asking 512 B at a time.
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&data).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let n = r.read(&mut small).await.unwrap();
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, data);
+        let reads = r.inner.reads - 1;
+        // 512 B reads would take 391; direct, 16 K, 32 K, then 64 K each.
+        assert!(reads <= 8, "{reads} reads of the socket for 200 KB");
+        assert!(r.buffer_len() <= 64 * 1024);
+
+        r.release_idle();
+        assert_eq!(r.buffer_len(), 0);
+        peer.write_all(b"again").await.unwrap();
+        let n = r.read(&mut small).await.unwrap();
+        assert_eq!(&small[..n], b"again");
+        assert_eq!(r.buffer_len(), 0);
+        drop(peer);
+        assert_eq!(r.read(&mut small).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn shrinks_back_to_direct_reads() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let mut r = AdaptiveRead::new(ours, 64 * 1024);
+        let mut small = [0u8; 512];
+        peer.write_all(&[7u8; 100_000]).await.unwrap();
+        let mut total = 0;
+        while total < 100_000 {
+            total += r.read(&mut small).await.unwrap();
+        }
+        // Then small messages only: the buffer halves with each small read, then goes.
+        for _ in 0..8 {
+            peer.write_all(b"x").await.unwrap();
+            assert_eq!(r.read(&mut small).await.unwrap(), 1);
+        }
+        assert_eq!(r.buffer_len(), 0);
+    }
+}
