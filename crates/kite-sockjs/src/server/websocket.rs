@@ -547,8 +547,10 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                         break End::ReceiverGone;
                     }
                     pending = pending.saturating_add(1);
-                    if let Some(m) = queue.next() {
-                        delivering.set(deliverer.deliver(m).fuse());
+                    match queue.next() {
+                        Some(m) => delivering.set(deliverer.deliver(m).fuse()),
+                        // Don't keep the decoded frame's storage while idle.
+                        None => queue = Vec::new().into_iter(),
                     }
                 }
                 incoming = io.recv(), if delivering.is_terminated() => match incoming {
@@ -590,6 +592,9 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                     if r.is_err() {
                         break End::Gone;
                     }
+                    // Both are empty between batches: give their storage back.
+                    frames = Vec::new();
+                    batch = Vec::new();
                 }
                 _ = deliverer.receiver_closed(), if delivering.is_terminated() => break End::ReceiverGone,
             }
