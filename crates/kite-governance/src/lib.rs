@@ -65,6 +65,8 @@ pub mod discovery;
 pub mod error;
 pub mod fallback;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otlp;
 pub mod retry;
 pub mod server;
 pub mod trace;
@@ -79,6 +81,8 @@ pub use deadline::{DeadlineLayer, ServerDeadlineLayer};
 pub use discovery::dial_kites;
 pub use fallback::{Fallback, FallbackLayer};
 pub use metrics::{ClientMetricsLayer, Metrics, ServerMetricsLayer};
+#[cfg(feature = "otel")]
+pub use otlp::{OtlpConfig, OtlpError, OtlpTracing};
 pub use retry::{RetryBudget, RetryConfig, RetryLayer};
 pub use server::{
     CallerKey, Callers, DegradeLayer, LimitConfig, LimitLayer, Limiter, Rate, ServerConfig,
