@@ -15,6 +15,10 @@
 //!   all and serves `/metrics`.
 //! * Context: the remaining deadline and the W3C `traceparent` travel in optional keys of
 //!   the request's options object ([`context`]).
+//! * Tracing ([`mod@trace`]): `kite.client` / `kite.server` spans. With the cargo feature
+//!   `otel`, they become OpenTelemetry spans, and `otlp::OtlpTracing` exports them over
+//!   OTLP/HTTP (configured by `OtlpConfig` or the standard `OTEL_*` variables; service name
+//!   defaults to the kite's name).
 //!
 //! See the crate README for the defaults and the metric names.
 //!
