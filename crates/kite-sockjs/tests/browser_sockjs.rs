@@ -80,12 +80,10 @@ async fn start_server() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_sockjs_client_talks_to_our_server() {
-    if !std::path::Path::new(CHROMIUM).exists() {
-        eprintln!(
-            "\n\n!!!!! SKIPPING browser test: {CHROMIUM} is missing (apt-get install chromium) !!!!!\n\n"
-        );
-        return;
-    }
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run scripts/install-test-deps (installs Debian's chromium)"
+    );
     let addr = start_server().await;
     let page = format!("http://{addr}/browser.html");
     let sockjs = format!("http://{addr}/echo");
