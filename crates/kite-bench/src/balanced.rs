@@ -20,6 +20,7 @@ use kontrol::kite_service::KontrolKite;
 use kontrol::storage::{EmbeddedConfig, Storage, StorageConfig};
 use kontrol::KontrolConfig;
 
+use crate::bench::{check, progress};
 use crate::plan::Plan;
 use crate::stats::{self, Caller, Sample};
 use crate::table::{int, ms, pct, times, Table};
@@ -183,30 +184,6 @@ impl Variant {
             }
         }
     }
-}
-
-fn check(sample: &Sample, what: &str, findings: &mut Findings) {
-    if sample.errors > 0 || sample.calls == 0 {
-        findings.errors += sample.errors.max(1);
-        eprintln!(
-            "  !! {what}: {} calls, {} errors; first error: {}",
-            sample.calls,
-            sample.errors,
-            sample
-                .first_error
-                .as_deref()
-                .unwrap_or("(none: no call completed)")
-        );
-    }
-}
-
-fn progress(what: &str, s: &Sample) {
-    eprintln!(
-        "  {what}: {} calls/s, p50 {} ms, p99 {} ms",
-        int(s.rate()),
-        ms(s.ms(0.5)),
-        ms(s.ms(0.99))
-    );
 }
 
 async fn balanced_client(
