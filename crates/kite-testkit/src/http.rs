@@ -43,8 +43,9 @@ impl RawResponse {
     }
 }
 
-/// Sends `method path` with `headers` and `body` (a `Content-Length` is added unless
-/// `headers` has one; `Host` and `Connection: close` always) and reads the whole response.
+/// Sends `method path` with `headers` and `body` (`Host` and `Connection: close` always; a
+/// `Content-Length` for a POST or PUT or a non-empty body, unless `headers` has one) and
+/// reads the whole response.
 /// A server may answer before reading a large body: write errors after the head are
 /// ignored.
 pub async fn request(
@@ -62,10 +63,10 @@ pub async fn request(
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        if !headers
+        let has_length = headers
             .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        {
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+        if !has_length && (matches!(method, "POST" | "PUT") || !body.is_empty()) {
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
