@@ -476,7 +476,7 @@ fn every_capture_is_covered() {
         "xhr_countdown_callbacks.txt",
         "xhr_square_noauth.txt",
     ];
-    let mut files: Vec<String> = std::fs::read_dir(vector_path(""))
+    let mut files: Vec<String> = std::fs::read_dir(kite_testkit::vectors::dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".txt"))

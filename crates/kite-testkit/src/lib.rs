@@ -9,6 +9,7 @@
 //! * [`net`]: a free port for servers that must be told theirs;
 //! * [`http`]: one raw HTTP/1.1 request on its own connection, for tests that must see
 //!   exactly what a server sends;
+//! * [`vectors`]: the Go wire captures and dnode reference encodings, and their parsers;
 //! * [`peers`]: the real peers tests need (Node.js packages, Debian's chromium), with a
 //!   clear failure naming the install script when one is missing.
 //!
@@ -30,4 +31,5 @@ pub mod net;
 pub mod paths;
 pub mod peers;
 pub mod process;
+pub mod vectors;
 pub mod wait;

@@ -19,10 +19,7 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------
 // Captures
 
-fn load(name: &str) -> String {
-    let path = format!("{}/tests/vectors/{name}.txt", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(path).unwrap()
-}
+use kite_testkit::vectors::capture as load;
 
 /// WebSocket frames of a capture, in order: (from client?, payload).
 fn ws_frames(capture: &str) -> Vec<(bool, String)> {

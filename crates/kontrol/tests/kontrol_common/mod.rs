@@ -141,15 +141,10 @@ pub async fn next_event(rx: &mut tokio::sync::mpsc::Receiver<Value>, deadline: D
         .expect("watch channel closed")
 }
 
-/// A wire capture of the Go implementation (kept with kite-protocol's tests).
-pub fn read_vector(name: &str) -> String {
-    let path = format!(
-        "{}/../kite-protocol/tests/vectors/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+#[allow(unused_imports)]
+pub use kite_testkit::vectors::read as read_vector;
 
+#[allow(unused_imports)]
 pub use kite_testkit::http::RawResponse;
 
 /// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
