@@ -173,7 +173,7 @@ async fn urls_are_tried_in_turn_and_the_kite_fails_over() {
     assert!(err.message.contains(&dead), "{err}");
 
     // The math kite: A first. It registers with A.
-    let mut math = kite_with(&a, "math", &[&a.url, &b.url]);
+    let math = kite_with(&a, "math", &[&a.url, &b.url]);
     math.handle_func("square", |r: kite::Request| async move {
         let x: f64 = r.args().one()?;
         Ok(x * x)
