@@ -35,8 +35,10 @@ fn kite_kontrol_url_lists() {
     assert_eq!(c.kontrol_url_list(), ["http://a:4000/kite"]);
 
     // Only commas: ignored like an empty value.
-    let mut c = Config::default();
-    c.kontrol_url = "http://k/kite".into();
+    let mut c = Config {
+        kontrol_url: "http://k/kite".into(),
+        ..Default::default()
+    };
     c.apply_env(&env(" , ")).unwrap();
     assert_eq!(c.kontrol_url_list(), ["http://k/kite"]);
 
@@ -44,8 +46,10 @@ fn kite_kontrol_url_lists() {
     assert!(Config::default().kontrol_url_list().is_empty());
 
     // Only `kontrol_urls` set programmatically.
-    let mut c = Config::default();
-    c.kontrol_urls = vec!["http://x/kite".into(), "http://y/kite".into()];
+    let c = Config {
+        kontrol_urls: vec!["http://x/kite".into(), "http://y/kite".into()],
+        ..Default::default()
+    };
     assert_eq!(c.kontrol_url_list(), ["http://x/kite", "http://y/kite"]);
 }
 
@@ -194,7 +198,10 @@ async fn urls_are_tried_in_turn_and_the_kite_fails_over() {
     assert_eq!(math_kontrol.url(), a.url);
     let math_handle = math.shutdown_handle();
     tokio::spawn(async move { math.serve().await });
-    assert_eq!(*registrations.lock().unwrap(), [a.url.clone()]);
+    assert_eq!(
+        registrations.lock().unwrap().as_slice(),
+        std::slice::from_ref(&a.url)
+    );
 
     // A watch through B (the looker is on B) and one through A.
     let watching = kite_with(&a, "watcher", &[&a.url, &b.url]);

@@ -208,7 +208,7 @@ fn failover_child_kite() {
         let me = kontrol.clone();
         kontrol.on_register(move |_| println!("CHILD REGISTERED {}", me.url()));
         println!("CHILD READY {url} {}", k.id());
-        let _ = k.register_forever(&url);
+        drop(k.register_forever(&url));
         k.run().await.unwrap();
     });
 }
