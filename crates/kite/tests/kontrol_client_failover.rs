@@ -203,6 +203,26 @@ async fn urls_are_tried_in_turn_and_the_kite_fails_over() {
         std::slice::from_ref(&a.url)
     );
 
+    // A kite registered over HTTP, A first.
+    let http_kite = kite_with(&a, "http-math", &[&a.url, &b.url]);
+    let http_registrations = Arc::new(std::sync::Mutex::new(0usize));
+    {
+        let seen = http_registrations.clone();
+        http_kite
+            .kontrol()
+            .on_register(move |_| *seen.lock().unwrap() += 1);
+    }
+    http_kite
+        .register_http("http://127.0.0.1:9/kite")
+        .await
+        .unwrap();
+    let http_query = KontrolQuery {
+        name: "http-math".into(),
+        ..query()
+    };
+    let found = looker.kontrol().get_kites_raw(&http_query).await.unwrap();
+    assert_eq!(found.len(), 1);
+
     // A watch through B (the looker is on B) and one through A.
     let watching = kite_with(&a, "watcher", &[&a.url, &b.url]);
     let mut watcher = watching.watch_kites(&query()).await.unwrap();
@@ -234,6 +254,17 @@ async fn urls_are_tried_in_turn_and_the_kite_fails_over() {
     assert_eq!(e.kite.id, math_id);
     assert_eq!(watcher.rewatches(), 1);
     assert_eq!(watching.kontrol().url(), b.url);
+
+    // The HTTP kite's heartbeat to A fails: it registers with B.
+    until("the HTTP kite registered again", || {
+        let n = *http_registrations.lock().unwrap();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let found = looker.kontrol().get_kites_raw(&http_query).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].kite.id, http_kite.id());
+    http_kite.kontrol().close().await;
 
     // Through B, calling math with the token works.
     let client = looker.get_kite(&query()).await.unwrap();

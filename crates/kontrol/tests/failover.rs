@@ -315,6 +315,20 @@ async fn failover(storage: StorageConfig, environment: &str) {
     assert_eq!(http_heartbeat(&url_a, &child_id).await, "registeragain");
     assert_eq!(http_heartbeat(&url_b, &child_id).await, "registeragain");
 
+    // A kite registered over HTTP with A: A answers `pong`, B (which did not take the
+    // registration) `registeragain`, as two Go Kontrols would.
+    let http_kite = local_kite(home.path(), "http-kite", &url_a);
+    http_kite
+        .register_http("http://127.0.0.1:9/kite")
+        .await
+        .unwrap();
+    assert_eq!(http_heartbeat(&url_a, http_kite.id()).await, "pong");
+    assert_eq!(
+        http_heartbeat(&url_b, http_kite.id()).await,
+        "registeragain"
+    );
+    http_kite.kontrol().close().await;
+
     // A watch opened through A (the first of the watcher's list).
     let watching = local_kite(home.path(), "watcher", &both);
     let mut watcher = watching.watch_kites(&q).await.unwrap();
