@@ -2,9 +2,8 @@
 //! discovery with tokens and token renewal, key look-up and watching.
 //!
 //! Every kite can act as a Kontrol client. [`Kite::kontrol`] returns the kite's
-//! [`KontrolClient`] (one per kite: one connection to `config.kontrol_url`, authenticated
-//! with the kite key as `kiteKey` credential); the same operations are also methods of
-//! [`Kite`] itself:
+//! [`KontrolClient`] (one per kite: one connection to Kontrol, authenticated with the kite
+//! key as `kiteKey` credential); the same operations are also methods of [`Kite`] itself:
 //!
 //! | Method | Wire |
 //! |---|---|
@@ -15,6 +14,17 @@
 //! | [`Kite::get_token`] | `getToken` `[{7 fields}]` (`"force": true` with [`KontrolClient::get_token_force`]) |
 //! | [`Kite::get_key`] | `getKey` `[]` → Kontrol's public key (adopted) |
 //! | [`Kite::watch_kites`] | `getKites` with a `watchCallback` function → a [`Watcher`] stream of REGISTER / DEREGISTER events |
+//!
+//! **Several Kontrols.** Kontrols sharing one PostgreSQL or etcd form one registry. Give a
+//! kite all of them ([`Config::kontrol_urls`](crate::Config::kontrol_urls), or
+//! `KITE_KONTROL_URL=http://a:4000/kite,http://b:4000/kite`; `kontrol_url` stays the
+//! primary): every connection attempt goes to the next URL of
+//! [`Config::kontrol_url_list`](crate::Config::kontrol_url_list) in turn (a working one is
+//! retried first after a drop), with the reconnect back-off between attempts; one-shot
+//! calls try each URL once. After every reconnect the kite registers again (same id and
+//! URL) and logs the Kontrol it is on ([`KontrolClient::url`]); watches re-watch and
+//! reconcile ([`Watcher`]); HTTP registration tries the URLs in turn and moves on when a
+//! heartbeat gets no answer.
 //!
 //! Keys Kontrol hands back (`publicKey`, `kiteKey` in a RegisterResult; `getKey`) are
 //! adopted in memory: the kite then trusts the new Kontrol key for tokens, and the Kontrol
@@ -311,8 +321,9 @@ impl fmt::Debug for KontrolClient {
 }
 
 impl Kite {
-    /// The kite's Kontrol client (created on first use; one per kite). It talks to
-    /// `config.kontrol_url` with the kite key as `kiteKey` credential.
+    /// The kite's Kontrol client (created on first use; one per kite). It talks to the
+    /// Kontrols of `config.kontrol_url_list()` (in turn, failing over) with the kite key as
+    /// `kiteKey` credential.
     pub fn kontrol(&self) -> KontrolClient {
         self.sync();
         KontrolClient::of(&self.core)
