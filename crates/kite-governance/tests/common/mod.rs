@@ -71,7 +71,21 @@ fn example(name: &str) -> PathBuf {
 /// Starts the `worker` example (answering after `delay_ms`); returns it, its URL and its
 /// identity.
 pub fn spawn_worker(delay_ms: u64) -> (Proc, String, KiteIdentity) {
-    let mut child = Command::new(example("worker"))
+    spawn_worker_env(delay_ms, &[], &[])
+}
+
+/// [`spawn_worker`] with environment variables `set` and `remove`d.
+pub fn spawn_worker_env(
+    delay_ms: u64,
+    set: &[(&str, &str)],
+    remove: &[&str],
+) -> (Proc, String, KiteIdentity) {
+    let mut cmd = Command::new(example("worker"));
+    for var in remove {
+        cmd.env_remove(var);
+    }
+    cmd.envs(set.iter().copied());
+    let mut child = cmd
         .env("KITE_PORT", "0")
         .env("WORKER_DELAY_MS", delay_ms.to_string())
         .stdout(Stdio::piped())
