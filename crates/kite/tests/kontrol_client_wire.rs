@@ -642,7 +642,7 @@ async fn watch_events_in_both_shapes_and_cancel() {
         ..Default::default()
     };
     let mut w = k.watch_kites(&q).await.unwrap();
-    assert_eq!(w.id(), Some("w-1"));
+    assert_eq!(w.id().as_deref(), Some("w-1"));
     assert!(w.kites().is_empty());
     let req = kontrol.requests("getKites").remove(0);
     let arg = &req["arguments"][0]["withArgs"][0];
