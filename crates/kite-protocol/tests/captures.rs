@@ -1,4 +1,4 @@
-//! One test per wire capture of the Go implementation (tests/vectors/*.txt): every dnode
+//! One test per wire capture of the Go implementation (crates/kite-testkit/vectors/*.txt): every dnode
 //! message decodes, and our encoder produces the same requests, responses and callback
 //! invocations as Go.
 

@@ -1,4 +1,4 @@
-//! Against the Go captures (tests/vectors/, copied from the shared wire captures): our
+//! Against the Go captures (crates/kite-testkit/vectors/, copied from the shared wire captures): our
 //! server answers each captured request as the Go server did, and our client sends requests
 //! semantically equal to the Go client's.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions

@@ -1,5 +1,5 @@
 //! The kite side of Kontrol against scripted Kontrol servers: what our kite sends equals what
-//! the Go kite sent in the captures (/work/shared/vectors, copied to tests/vectors/), modulo
+//! the Go kite sent in the captures (/work/shared/vectors, copied to crates/kite-testkit/vectors/), modulo
 //! ids, host names and credentials; and our kite handles what Go Kontrol answers
 //! (RegisterResult, `kite.heartbeat`, getKites results, tokens, HTTP registration,
 //! `registeragain`, watch events, key adoption, token renewal).

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: reading the wire captures in `tests/vectors/`
+//! Helpers shared by the integration tests: reading the wire captures in `crates/kite-testkit/vectors/`
 //! and checking Go's messages against our encoder.
 
 #![allow(dead_code, clippy::unwrap_used)]
