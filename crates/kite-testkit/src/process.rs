@@ -113,13 +113,20 @@ impl TestProcess {
     /// returns it; panics with the output seen after `within` or when the output ends.
     /// For synchronous tests; async tests use [`TestProcess::line`].
     pub fn wait_line(&mut self, within: Duration, mut pred: impl FnMut(&str) -> bool) -> String {
+        self.wait_for(within, |line| pred(line).then(|| line.to_owned()))
+    }
+
+    /// Blocks this thread until `f` returns `Some` for a line (earlier lines are consumed)
+    /// and returns that value; panics like [`TestProcess::wait_line`].
+    pub fn wait_for<T>(&mut self, within: Duration, mut f: impl FnMut(&str) -> Option<T>) -> T {
         let deadline = Instant::now() + within;
         loop {
             match self.lines.try_recv() {
                 Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
+                    let found = f(&line);
+                    self.seen.push(line);
+                    if let Some(v) = found {
+                        return v;
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {

@@ -14,14 +14,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kite::protocol::KontrolQuery;
 use kite::{Kite, WatchAction, WatchEvent, Watcher};
+use kite_testkit::process::TestProcess;
 use kontrol::storage::StorageConfig;
 
 const KONTROL: &str = env!("CARGO_BIN_EXE_kontrol");
@@ -32,68 +32,6 @@ const NAME: &str = "failover-math";
 const HEARTBEAT: &str = "1s";
 const GRACE: Duration = Duration::from_secs(3);
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A child process with its stdout lines, killed on drop.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (blocking, with a deadline) for a stdout line `f` accepts.
-    fn wait_line<T>(&mut self, what: &str, mut f: impl FnMut(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + DEADLINE;
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => {
-                    let found = f(&line);
-                    self.seen.push(line);
-                    if let Some(v) = found {
-                        return v;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("timed out waiting for {what}; output: {:?}", self.seen);
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
 
 /// The storage arguments of the `kontrol` binary for `config`.
 fn storage_args(config: &StorageConfig) -> Vec<String> {
@@ -116,8 +54,9 @@ fn storage_args(config: &StorageConfig) -> Vec<String> {
 
 /// Starts a `kontrol` process on 127.0.0.1 (free port) over `storage`; returns it and its
 /// `/kite` URL (from its banner).
-fn start_kontrol(storage: &[String], home: &Path) -> (Proc, String) {
-    let mut p = Proc::spawn(
+fn start_kontrol(storage: &[String], home: &Path) -> (TestProcess, String) {
+    let mut p = TestProcess::spawn(
+        "kontrol",
         Command::new(KONTROL)
             .args(["--listen", "127.0.0.1:0", "--heartbeat-interval", HEARTBEAT])
             .args(["--heartbeat-grace", &format!("{}s", GRACE.as_secs())])
@@ -128,7 +67,7 @@ fn start_kontrol(storage: &[String], home: &Path) -> (Proc, String) {
             .env_remove("KONTROL_PORT")
             .env_remove("KONTROL_DATADIR"),
     );
-    let url = p.wait_line("the kontrol banner", |l| {
+    let url = p.wait_for(DEADLINE, |l| {
         l.strip_prefix("KITE_KONTROL_URL=").map(str::to_owned)
     });
     (p, url)
@@ -159,9 +98,10 @@ fn issue_kite_key(storage: &[String], home: &Path, kontrol_url: &str) {
 
 /// Starts the child kite (this binary, `failover_child_kite`) with `KITE_KONTROL_URL`
 /// = `urls`; returns it, its URL and its id (from its ready line).
-fn start_child(home: &Path, urls: &str, environment: &str) -> (Proc, String, String) {
+fn start_child(home: &Path, urls: &str, environment: &str) -> (TestProcess, String, String) {
     let exe = std::env::current_exe().unwrap();
-    let mut p = Proc::spawn(
+    let mut p = TestProcess::spawn(
+        "child kite",
         Command::new(exe)
             .args(["failover_child_kite", "--exact", "--nocapture"])
             .env("FAILOVER_CHILD", "1")
@@ -175,7 +115,7 @@ fn start_child(home: &Path, urls: &str, environment: &str) -> (Proc, String, Str
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "kite=info".into()),
             ),
     );
-    let (url, id) = p.wait_line("the child kite's ready line", |l| {
+    let (url, id) = p.wait_for(DEADLINE, |l| {
         let rest = l.strip_prefix("CHILD READY ")?;
         let (url, id) = rest.split_once(' ')?;
         Some((url.to_owned(), id.to_owned()))
@@ -300,7 +240,7 @@ async fn failover(storage: StorageConfig, environment: &str) {
 
     // The kite process, A first in its list: it registers with A.
     let (mut child, child_url, child_id) = start_child(home.path(), &both, environment);
-    let on = child.wait_line("the first registration", |l| {
+    let on = child.wait_for(DEADLINE, |l| {
         l.strip_prefix("CHILD REGISTERED ").map(str::to_owned)
     });
     assert_eq!(on, url_a, "the kite registers with the first Kontrol");
@@ -369,7 +309,7 @@ async fn failover(storage: StorageConfig, environment: &str) {
     // Kill A: the kite reconnects to B and registers there again.
     let killed = Instant::now();
     kontrol_a.kill();
-    let on = child.wait_line("the registration with B", |l| {
+    let on = child.wait_for(DEADLINE, |l| {
         l.strip_prefix("CHILD REGISTERED ").map(str::to_owned)
     });
     assert_eq!(on, url_b, "the kite moved to the second Kontrol");
@@ -431,7 +371,7 @@ async fn failover(storage: StorageConfig, environment: &str) {
     // Consistent events through B after the switch: a second kite comes (REGISTER) and
     // goes (killed: DEREGISTER once its registration lapses).
     let (mut second, second_url, second_id) = start_child(home.path(), &both, environment);
-    let on = second.wait_line("the second kite's registration", |l| {
+    let on = second.wait_for(DEADLINE, |l| {
         l.strip_prefix("CHILD REGISTERED ").map(str::to_owned)
     });
     assert_eq!(on, url_b, "A is down: the second kite registers with B");
