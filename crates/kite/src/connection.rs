@@ -571,12 +571,15 @@ impl ConnShared {
         }
     }
 
-    async fn dispatch(self: &Arc<Self>, text: String) {
+    /// Decodes and routes one incoming message without awaiting: responses are delivered
+    /// here; anything that has to wait is returned as a boxed future, so the read loop's
+    /// own future stays small while the connection is idle.
+    fn dispatch(self: &Arc<Self>, text: String) -> Next {
         let mut msg = match Message::decode(&text, &self.limits.protocol) {
             Ok(m) => m,
             Err(e) => {
                 debug!(session = self.info.id(), "dropping message: {e}");
-                return;
+                return Next::Done;
             }
         };
         drop(text);
@@ -603,19 +606,26 @@ impl ConnShared {
                     other => vec![other],
                 };
                 match cb {
-                    None => debug!(session = self.info.id(), id, "unknown callback id"),
+                    None => {
+                        debug!(session = self.info.id(), id, "unknown callback id");
+                        Next::Done
+                    }
                     Some(LocalCallback::Response(tx)) => {
                         let _ = tx.send(arguments);
+                        Next::Done
                     }
                     Some(LocalCallback::User(f)) => {
                         let args = Args::new(arguments, self.weak());
-                        if AssertUnwindSafe(f.invoke(args))
-                            .catch_unwind()
-                            .await
-                            .is_err()
-                        {
-                            warn!(session = self.info.id(), id, "callback panicked");
-                        }
+                        let session = self.info.id().to_string();
+                        Next::Inline(Box::pin(async move {
+                            if AssertUnwindSafe(f.invoke(args))
+                                .catch_unwind()
+                                .await
+                                .is_err()
+                            {
+                                warn!(session, id, "callback panicked");
+                            }
+                        }))
                     }
                 }
             }
@@ -623,35 +633,56 @@ impl ConnShared {
                 if self.stop_reading.is_cancelled() {
                     // Shutting down: responses and callbacks are still read (in-flight
                     // handlers may wait for them), new requests are refused.
-                    if let Some(rc) = envelope::response_callback_of(&msg.arguments) {
+                    let Some(rc) = envelope::response_callback_of(&msg.arguments) else {
+                        return Next::Done;
+                    };
+                    let conn = self.clone();
+                    return Next::Inline(Box::pin(async move {
                         let e = KiteError::generic("kite is shutting down");
-                        self.reply(rc, Err(e), Vec::new()).await;
-                    }
-                    return;
+                        conn.reply(rc, Err(e), Vec::new()).await;
+                    }));
                 }
                 let Some(entry) = self.core.method(&name) else {
-                    if let Some(rc) = envelope::response_callback_of(&msg.arguments) {
-                        self.reply(rc, Err(KiteError::method_not_found(&name)), Vec::new())
-                            .await;
-                    } else {
+                    let Some(rc) = envelope::response_callback_of(&msg.arguments) else {
                         debug!(session = self.info.id(), method = %name, "unknown method, no callback");
+                        return Next::Done;
+                    };
+                    let conn = self.clone();
+                    return Next::Inline(Box::pin(async move {
+                        conn.reply(rc, Err(KiteError::method_not_found(&name)), Vec::new())
+                            .await;
+                    }));
+                };
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => Next::Handler(Box::pin(serve_request(
+                        self.clone(),
+                        entry,
+                        name,
+                        msg.arguments,
+                        permit,
+                    ))),
+                    Err(tokio::sync::TryAcquireError::Closed) => Next::Done,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        // At the bound: stop reading until a handler finishes.
+                        let conn = self.clone();
+                        Next::Inline(Box::pin(async move {
+                            let permit = tokio::select! {
+                                p = conn.permits.clone().acquire_owned() => match p {
+                                    Ok(p) => p,
+                                    Err(_) => return,
+                                },
+                                _ = conn.closed.cancelled() => return,
+                            };
+                            tokio::spawn(serve_request(
+                                conn.clone(),
+                                entry,
+                                name,
+                                msg.arguments,
+                                permit,
+                            ));
+                        }))
                     }
-                    return;
-                };
-                let permit = tokio::select! {
-                    p = self.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = self.closed.cancelled() => return,
-                };
-                tokio::spawn(serve_request(
-                    self.clone(),
-                    entry,
-                    name,
-                    msg.arguments,
-                    permit,
-                ));
+                }
             }
         }
     }
@@ -721,6 +752,22 @@ impl ConnShared {
     }
 }
 
+/// A boxed future the read loop runs.
+type BoxedTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the read loop does after [`ConnShared::dispatch`].
+enum Next {
+    /// Nothing more (a response delivered, a message dropped).
+    Done,
+    /// Await this before reading on (user callbacks in arrival order, error replies,
+    /// waiting for a handler permit).
+    Inline(BoxedTask),
+    /// A request handler: polled once right here (most handlers finish at once, so no task
+    /// is spawned for them); if it has to wait, it goes on as its own task so that it
+    /// never holds up the read loop.
+    Handler(BoxedTask),
+}
+
 async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
     conn.core.connection_opened(&conn);
     loop {
@@ -730,10 +777,24 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
             m = rx.recv() => m,
         };
         let Some(text) = msg else { break };
-        tokio::select! {
-            biased;
-            _ = conn.closed.cancelled() => break,
-            _ = conn.dispatch(text) => {}
+        match conn.dispatch(text) {
+            Next::Done => {}
+            Next::Handler(mut handler) => {
+                let pending = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(handler.as_mut().poll(cx).is_pending())
+                })
+                .await;
+                if pending {
+                    tokio::spawn(handler);
+                }
+            }
+            Next::Inline(task) => {
+                tokio::select! {
+                    biased;
+                    _ = conn.closed.cancelled() => break,
+                    _ = task => {}
+                }
+            }
         }
     }
     rx.close();
