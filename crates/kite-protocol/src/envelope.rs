@@ -288,8 +288,10 @@ pub fn authentication_json(auth: &Authentication) -> String {
 }
 
 /// The complete text of a call message, written in one pass without building the options
-/// object as a JSON tree. Byte for byte what [`encode_request`] + [`scrub`](crate::dnode::scrub)
-/// + [`Message::encode`](crate::dnode::Message::encode) produce:
+/// object as a JSON tree. Byte for byte what [`encode_request`], then
+/// [`scrub`](crate::dnode::scrub) and [`Message::encode`](crate::dnode::Message::encode)
+/// produce:
+///
 /// `{"method":<method>,"arguments":[{"authentication":<auth_json or null>,"kite":<kite_json>,"responseCallback":"[Function]","withArgs":<with_args>}],"callbacks":<callbacks>}`.
 ///
 /// `kite_json` comes from [`kite_json`], `auth_json` from [`authentication_json`] (both
@@ -325,7 +327,8 @@ pub fn encode_call_message(
 
 /// The complete text of a response message (an invocation of the caller's callback
 /// `callback` with `[{"error":...,"result":...}]`), written in one pass. Byte for byte
-/// what [`encode_response`] + [`Message::encode`](crate::dnode::Message::encode) produce.
+/// what [`encode_response`] then [`Message::encode`](crate::dnode::Message::encode)
+/// produce.
 /// `result` must already be scrubbed; `callbacks` paths start at the root of `arguments`
 /// (`[0,"result",...]`).
 pub fn encode_response_message(
