@@ -112,12 +112,14 @@ pub fn response_callback_of(arguments: &Value) -> Option<u64> {
     }
 }
 
-fn string_field(value: Value, field: &str) -> Result<String, String> {
+/// A string field of `parent` (`kite`, `authentication`); the error names
+/// `parent.field`. Nothing is formatted unless it fails.
+fn string_field(value: Value, parent: &str, field: &str) -> Result<String, String> {
     match value {
         Value::String(s) => Ok(s),
         Value::Null => Ok(String::new()),
         other => Err(format!(
-            "Invalid request: \"{field}\" must be a string, not {}",
+            "Invalid request: \"{parent}.{field}\" must be a string, not {}",
             json_type_name(&other)
         )),
     }
@@ -138,7 +140,7 @@ fn decode_kite(value: Value) -> Result<Kite, String> {
         let key = FIELD_KEYS[i];
         match map.remove(key) {
             None => Ok(String::new()),
-            Some(v) => string_field(v, &format!("kite.{key}")),
+            Some(v) => string_field(v, "kite", key),
         }
     };
     Ok(Kite {
@@ -165,7 +167,7 @@ fn decode_authentication(value: Value) -> Result<Option<Authentication>, String>
     };
     let mut take = |key: &str| match map.remove(key) {
         None => Ok(String::new()),
-        Some(v) => string_field(v, &format!("authentication.{key}")),
+        Some(v) => string_field(v, "authentication", key),
     };
     Ok(Some(Authentication {
         kind: take("type")?,
