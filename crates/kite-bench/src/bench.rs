@@ -68,7 +68,8 @@ async fn run_echo(
     }
 }
 
-fn check(sample: &Sample, what: &str, findings: &mut Findings) {
+/// Counts a failed row (errors, or no call completed) and says why on stderr.
+pub(crate) fn check(sample: &Sample, what: &str, findings: &mut Findings) {
     if sample.errors > 0 || sample.calls == 0 {
         findings.errors += sample.errors.max(1);
         eprintln!(
@@ -83,7 +84,8 @@ fn check(sample: &Sample, what: &str, findings: &mut Findings) {
     }
 }
 
-fn progress(what: &str, s: &Sample) {
+/// One progress line on stderr for a measured row.
+pub(crate) fn progress(what: &str, s: &Sample) {
     eprintln!(
         "  {what}: {} calls/s, p50 {} ms, p99 {} ms",
         int(s.rate()),

@@ -1,9 +1,10 @@
 //! Benchmarks of the Kite RPC path, the transport ceiling and Kontrol.
 //!
 //! `cargo run --release -p kite-bench -- all` (add `--quick` for a short run); subcommands
-//! `rpc`, `ceiling`, `auth`, `memory`, `kontrol` run one part. Results are markdown tables
+//! `rpc`, `ceiling`, `auth`, `memory`, `kontrol`, `balanced` run one part. Results are markdown tables
 //! on stdout, progress on stderr. See the crate README for what each table means.
 
+mod balanced;
 mod bench;
 mod echo;
 mod kontrol;
@@ -80,7 +81,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
-    /// Everything: ceiling + RPC, authentication, memory, Kontrol, then the targets.
+    /// Everything: ceiling + RPC, authentication, memory, Kontrol, balanced, then the targets.
     All,
     /// The RPC rows (SockJS WebSocket, raw WebSocket, XHR polling) with their echo ceiling.
     Rpc,
@@ -92,6 +93,9 @@ enum Command {
     Memory,
     /// Kontrol storage: register rate and getKites latency per backend.
     Kontrol,
+    /// A balanced client (`dial_kites`) over three instances behind Kontrol against one
+    /// direct connection.
+    Balanced,
     /// (internal) The server process of the `memory` benchmark.
     #[command(hide = true)]
     MemoryServer,
@@ -219,12 +223,14 @@ async fn run(cli: Cli) -> anyhow::Result<Findings> {
             bench::auth(&plan, &mut findings).await?;
             memory::memory(&plan, &mut findings).await?;
             kontrol::kontrol(&plan, &mut findings).await?;
+            balanced::balanced(&plan, &mut findings).await?;
         }
         Command::Rpc => bench::rpc(&plan, true, &mut findings).await?,
         Command::Ceiling => bench::rpc(&plan, false, &mut findings).await?,
         Command::Auth => bench::auth(&plan, &mut findings).await?,
         Command::Memory => memory::memory(&plan, &mut findings).await?,
         Command::Kontrol => kontrol::kontrol(&plan, &mut findings).await?,
+        Command::Balanced => balanced::balanced(&plan, &mut findings).await?,
         Command::MemoryServer => unreachable!("handled before"),
     }
     print_targets(cli.command, &findings);

@@ -60,6 +60,7 @@ fn every_part_runs_and_prints_its_table() {
         "### Authentication cost",
         "### Memory per idle connection",
         "### Kontrol storage",
+        "### Balanced client: three instances behind Kontrol",
         "### Targets",
     ] {
         assert!(
@@ -74,6 +75,9 @@ fn every_part_runs_and_prints_its_table() {
         "| raw WebSocket, bare dnode caller ",
         "| SockJS XHR polling ",
         "| embedded ",
+        "| direct `Client`, 1 instance ",
+        "| balanced p2c, 3 instances ",
+        "| balanced round robin, 3 instances ",
     ] {
         assert!(stdout.contains(row), "missing row {row:?} in:\n{stdout}");
     }

@@ -6,6 +6,14 @@
 //! KITE_PORT=0 cargo run -p kite-governance --example worker
 //! # prints: worker ready on http://127.0.0.1:PORT/kite id <kite id>
 //! ```
+//!
+//! With the `otel` feature it exports its spans over OTLP/HTTP when the standard
+//! environment asks for it, and flushes them on Ctrl-C:
+//!
+//! ```text
+//! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 KITE_PORT=0 \
+//!     cargo run -p kite-governance --features otel --example worker
+//! ```
 
 use std::io::Write;
 use std::time::Duration;
@@ -29,6 +37,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|d| d.parse().ok())
             .unwrap_or(0),
     );
+    #[cfg(feature = "otel")]
+    let otlp = kite_governance::OtlpTracing::from_env(&k)?;
+    #[cfg(feature = "otel")]
+    if let Some(otlp) = &otlp {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(otlp.layer()))?;
+    }
     let _governance = ServerGovernance::install(&k, ServerConfig::default());
     let id = k.id().to_string();
     k.handle_func("work", move |_r: kite::Request| {
@@ -43,6 +58,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut out = std::io::stdout();
     writeln!(out, "worker ready on {url} id {}", k.id())?;
     out.flush()?;
-    k.serve().await?;
+    tokio::select! {
+        r = k.serve() => r?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    #[cfg(feature = "otel")]
+    if let Some(otlp) = otlp {
+        tokio::task::spawn_blocking(move || otlp.shutdown()).await??;
+    }
     Ok(())
 }

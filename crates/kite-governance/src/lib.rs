@@ -15,6 +15,10 @@
 //!   all and serves `/metrics`.
 //! * Context: the remaining deadline and the W3C `traceparent` travel in optional keys of
 //!   the request's options object ([`context`]).
+//! * Tracing ([`mod@trace`]): `kite.client` / `kite.server` spans. With the cargo feature
+//!   `otel`, they become OpenTelemetry spans, and `otlp::OtlpTracing` exports them over
+//!   OTLP/HTTP (configured by `OtlpConfig` or the standard `OTEL_*` variables; service name
+//!   defaults to the kite's name).
 //!
 //! See the crate README for the defaults and the metric names.
 //!
@@ -65,6 +69,8 @@ pub mod discovery;
 pub mod error;
 pub mod fallback;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otlp;
 pub mod retry;
 pub mod server;
 pub mod trace;
@@ -79,6 +85,8 @@ pub use deadline::{DeadlineLayer, ServerDeadlineLayer};
 pub use discovery::dial_kites;
 pub use fallback::{Fallback, FallbackLayer};
 pub use metrics::{ClientMetricsLayer, Metrics, ServerMetricsLayer};
+#[cfg(feature = "otel")]
+pub use otlp::{OtlpConfig, OtlpError, OtlpTracing};
 pub use retry::{RetryBudget, RetryConfig, RetryLayer};
 pub use server::{
     CallerKey, Callers, DegradeLayer, LimitConfig, LimitLayer, Limiter, Rate, ServerConfig,

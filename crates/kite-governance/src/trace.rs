@@ -4,9 +4,9 @@
 //! * Client spans are named `kite.client`, server spans `kite.server`. Both carry the
 //!   five-tuple (`from`, `from_cluster`, `to`, `to_cluster`, `method`), `trace_id`,
 //!   `span_id`, `parent_span_id` (empty for a root), `otel.kind` (`client`/`server`),
-//!   and on failure `error.type`. Server spans also carry the kite `request_id`, so log
-//!   lines written inside a handler correlate with the span; failed client spans record
-//!   the request id the server returned.
+//!   and on failure `error.type` and `otel.status_code` (`error`). Server spans also
+//!   carry the kite `request_id`, so log lines written inside a handler correlate with
+//!   the span; failed client spans record the request id the server returned.
 //! * A client span is a child of the request the task is serving (its [`Context`]), or
 //!   of [`Call::trace`] when set, else a new root.
 //! * A server span is a child of the caller's `traceparent`, or a new root; the handler
@@ -16,6 +16,7 @@
 //! With the `otel` cargo feature and a `tracing-opentelemetry` layer installed, each span's
 //! OpenTelemetry parent is set from the trace context, and the ids OpenTelemetry assigns
 //! are the ones recorded and sent downstream, so exported traces join across processes.
+//! `otlp::OtlpTracing` (same feature) provides that layer with an OTLP/HTTP exporter.
 
 use std::task::{Context as TaskContext, Poll};
 
@@ -149,6 +150,7 @@ where
             span_id = field::Empty,
             parent_span_id = field::Empty,
             error.type = field::Empty,
+            otel.status_code = field::Empty,
             request_id = field::Empty,
         );
         let ctx = link(&span, parent);
@@ -160,6 +162,7 @@ where
                 let r = fut.await;
                 if let Err(e) = &r {
                     s.record("error.type", e.kind.as_str());
+                    s.record("otel.status_code", "error");
                     if !e.id.is_empty() {
                         s.record("request_id", e.id.as_str());
                     }
@@ -241,6 +244,7 @@ where
             span_id = field::Empty,
             parent_span_id = field::Empty,
             error.type = field::Empty,
+            otel.status_code = field::Empty,
         );
         let ctx = link(&span, parent);
         let fut = self.inner.call(req);
@@ -250,6 +254,7 @@ where
                 let r = fut.await;
                 if let Err(e) = &r {
                     s.record("error.type", e.kind.as_str());
+                    s.record("otel.status_code", "error");
                 }
                 r
             })

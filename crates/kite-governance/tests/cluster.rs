@@ -166,7 +166,7 @@ async fn cluster_of_three() {
         })
         .await;
         if fast_busy && state_of(&fast.id).in_flight > 0 {
-            fast_proc.0.kill().unwrap();
+            fast_proc.kill();
             killed = true;
         }
         let v = call.await.unwrap().unwrap();

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,49 +16,14 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use kite::{Kite, KiteError, RemoteFunction, Request};
 use kite_governance::{ClientConfig, GovernedClient, ServerConfig, ServerGovernance, TraceContext};
+use kite_testkit::peers::node_module;
+use kite_testkit::process::{node, run_ok, TestProcess};
+use kite_testkit::vectors::{capture as load, sockjs_messages as messages, ws_frames as frames};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn load(name: &str) -> String {
-    std::fs::read_to_string(repo_root().join(format!("crates/kite/tests/vectors/{name}.txt")))
-        .unwrap()
-}
-
-/// Frames of a capture, in order: (from client?, payload).
-fn frames(capture: &str) -> Vec<(bool, String)> {
-    let mut out = Vec::new();
-    let mut lines = capture.lines();
-    while let Some(line) = lines.next() {
-        if !line.contains("WS-FRAME text") {
-            continue;
-        }
-        let client = line.contains("C->S");
-        let payload = if line.ends_with("(0 bytes)") {
-            String::new()
-        } else {
-            lines.next().unwrap_or("").to_string()
-        };
-        out.push((client, payload));
-    }
-    out
-}
-
-/// The dnode messages of a SockJS frame (`a[...]` from the server, `[...]` from clients).
-fn messages(frame: &str) -> Vec<Value> {
-    let array = frame.strip_prefix('a').unwrap_or(frame);
-    let texts: Vec<String> = serde_json::from_str(array).unwrap();
-    texts
-        .iter()
-        .map(|t| serde_json::from_str(t).unwrap())
-        .collect()
-}
 
 /// Replaces request ids and the caller's random identity fields.
 fn normalize(mut v: Value) -> Value {
@@ -258,27 +222,14 @@ async fn kitejs_in_node_calls_a_governed_server() {
         math_methods(k, Arc::default());
     })
     .await;
-    let script = repo_root().join("interop/kite/node_client.js");
     for transport in ["sockjs-websocket", "xhr-polling", "raw-websocket"] {
         let url = math.url.clone();
-        let script = script.clone();
         let out = tokio::task::spawn_blocking(move || {
-            Command::new("node")
-                .arg(&script)
-                .arg(&url)
-                .arg(transport)
-                .output()
-                .unwrap()
+            run_ok(node("kite/node_client.js").arg(&url).arg(transport))
         })
         .await
         .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<Value> = String::from_utf8(out.stdout)
-            .unwrap()
+        let lines: Vec<Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
@@ -306,26 +257,16 @@ async fn kitejs_in_node_calls_a_governed_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn governed_client_calls_a_kitejs_server() {
-    let mut child = Command::new("node")
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/kitejs_server.js"))
-        .arg(repo_root().join("interop/node_modules/kite.js"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
-        .await
-        .unwrap()
-        .expect("kite.js server ready");
+    let mut kitejs = TestProcess::spawn(
+        "kitejs_server.js",
+        Command::new("node")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/kitejs_server.js"))
+            .arg(node_module("kite.js"))
+            .stderr(Stdio::null()),
+    );
+    let line = kitejs
+        .line(Duration::from_secs(20), |l| l.starts_with("ready "))
+        .await;
     let port = line.strip_prefix("ready ").unwrap();
     let k = Kite::new("rust-caller", "1.0.0").unwrap();
     let c = k.new_client(&format!("http://127.0.0.1:{port}/kite"));

@@ -112,12 +112,14 @@ pub fn response_callback_of(arguments: &Value) -> Option<u64> {
     }
 }
 
-fn string_field(value: Value, field: &str) -> Result<String, String> {
+/// A string field of `parent` (`kite`, `authentication`); the error names
+/// `parent.field`. Nothing is formatted unless it fails.
+fn string_field(value: Value, parent: &str, field: &str) -> Result<String, String> {
     match value {
         Value::String(s) => Ok(s),
         Value::Null => Ok(String::new()),
         other => Err(format!(
-            "Invalid request: \"{field}\" must be a string, not {}",
+            "Invalid request: \"{parent}.{field}\" must be a string, not {}",
             json_type_name(&other)
         )),
     }
@@ -138,7 +140,7 @@ fn decode_kite(value: Value) -> Result<Kite, String> {
         let key = FIELD_KEYS[i];
         match map.remove(key) {
             None => Ok(String::new()),
-            Some(v) => string_field(v, &format!("kite.{key}")),
+            Some(v) => string_field(v, "kite", key),
         }
     };
     Ok(Kite {
@@ -165,7 +167,7 @@ fn decode_authentication(value: Value) -> Result<Option<Authentication>, String>
     };
     let mut take = |key: &str| match map.remove(key) {
         None => Ok(String::new()),
-        Some(v) => string_field(v, &format!("authentication.{key}")),
+        Some(v) => string_field(v, "authentication", key),
     };
     Ok(Some(Authentication {
         kind: take("type")?,
@@ -266,6 +268,91 @@ pub fn encode_request(
         Value::String(function_marker(response_marker)),
     );
     Value::Array(vec![Value::Object(options)])
+}
+
+/// The caller identity as sent in a request's `kite` key: compact JSON with the seven
+/// fields in sorted key order, exactly what [`encode_request`] writes there. Runtimes
+/// compute it once per identity and pass it to [`encode_call_message`].
+pub fn kite_json(kite: &Kite) -> String {
+    kite_to_value(kite).to_string()
+}
+
+/// A credential as sent in a request's `authentication` key: `{"key":...,"type":...}`
+/// (sorted keys, as [`encode_request`] writes it). Computed once per credential.
+pub fn authentication_json(auth: &Authentication) -> String {
+    let mut out = String::with_capacity(auth.key.len() + auth.kind.len() + 20);
+    out.push_str("{\"key\":");
+    crate::dnode::write_json_string(&mut out, &auth.key);
+    out.push_str(",\"type\":");
+    crate::dnode::write_json_string(&mut out, &auth.kind);
+    out.push('}');
+    out
+}
+
+/// The complete text of a call message, written in one pass without building the options
+/// object as a JSON tree. Byte for byte what [`encode_request`], then
+/// [`scrub`](crate::dnode::scrub) and [`Message::encode`](crate::dnode::Message::encode)
+/// produce:
+///
+/// `{"method":<method>,"arguments":[{"authentication":<auth_json or null>,"kite":<kite_json>,"responseCallback":"[Function]","withArgs":<with_args>}],"callbacks":<callbacks>}`.
+///
+/// `kite_json` comes from [`kite_json`], `auth_json` from [`authentication_json`] (both
+/// trusted to be valid JSON); `with_args` must already be scrubbed, and `callbacks` must
+/// hold the response callback (path `[0,"responseCallback"]`) and the functions of
+/// `with_args` with paths from the root of `arguments`. `with_args` is the argument array
+/// (anything else is written as it is).
+pub fn encode_call_message(
+    method: &str,
+    kite_json: &str,
+    auth_json: Option<&str>,
+    with_args: &Value,
+    callbacks: &crate::dnode::Callbacks,
+) -> String {
+    use std::fmt::Write as _;
+    let auth_len = auth_json.map_or(4, str::len);
+    let mut out = String::with_capacity(method.len() + kite_json.len() + auth_len + 192);
+    out.push_str("{\"method\":");
+    crate::dnode::write_json_string(&mut out, method);
+    out.push_str(",\"arguments\":[{\"authentication\":");
+    out.push_str(auth_json.unwrap_or("null"));
+    out.push_str(",\"kite\":");
+    out.push_str(kite_json);
+    // `Value`'s Display is its compact JSON text; writing to a String cannot fail.
+    let _ = write!(
+        out,
+        ",\"responseCallback\":\"[Function]\",\"withArgs\":{with_args}}}],\"callbacks\":"
+    );
+    callbacks.encode_into(&mut out);
+    out.push('}');
+    out
+}
+
+/// The complete text of a response message (an invocation of the caller's callback
+/// `callback` with `[{"error":...,"result":...}]`), written in one pass. Byte for byte
+/// what [`encode_response`] then [`Message::encode`](crate::dnode::Message::encode)
+/// produce.
+/// `result` must already be scrubbed; `callbacks` paths start at the root of `arguments`
+/// (`[0,"result",...]`).
+pub fn encode_response_message(
+    callback: u64,
+    outcome: Result<&Value, &KiteError>,
+    callbacks: &crate::dnode::Callbacks,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    let _ = write!(out, "{{\"method\":{callback},\"arguments\":[{{\"error\":");
+    match outcome {
+        Ok(result) => {
+            let _ = write!(out, "null,\"result\":{result}");
+        }
+        Err(e) => {
+            let _ = write!(out, "{},\"result\":null", e.to_value());
+        }
+    }
+    out.push_str("}],\"callbacks\":");
+    callbacks.encode_into(&mut out);
+    out.push('}');
+    out
 }
 
 /// The response object `{"error": ..., "result": ...}`, both keys always present (Go
@@ -449,6 +536,60 @@ mod tests {
             serde_json::to_value(&auth).unwrap(),
             json!({"type": "kiteKey", "key": "jwt"})
         );
+    }
+
+    #[test]
+    fn one_pass_messages_match_the_tree_encoding() {
+        use crate::dnode::{scrub, Callbacks, Message, Method};
+        let kite = Kite {
+            username: "a\"b".into(),
+            name: "c\u{2028}\u{1}".into(),
+            id: "x".into(),
+            ..Default::default()
+        };
+        for auth in [None, Some(Authentication::new("token", "j\\w\nt"))] {
+            let with_args = vec![
+                json!(1),
+                json!({"f": function_marker(1), "s": "q\""}),
+                json!([function_marker(2)]),
+            ];
+            let mut tree = encode_request(&kite, auth.as_ref(), with_args.clone(), 0);
+            let mut next = 5;
+            let scrubbed = scrub(&mut tree, &mut next);
+            let expected = Message::new(
+                Method::Name("sq\"are".into()),
+                tree,
+                Callbacks::from_scrubbed(&scrubbed),
+            )
+            .encode();
+            let mut wa = Value::Array(with_args);
+            let mut next = 6;
+            let mut cbs = Callbacks::new();
+            cbs.push(5, vec![0.into(), "responseCallback".into()]);
+            for s in scrub(&mut wa, &mut next) {
+                let mut path = vec![0.into(), "withArgs".into()];
+                path.extend(s.path);
+                cbs.push(s.id, path);
+            }
+            let got = encode_call_message(
+                "sq\"are",
+                &kite_json(&kite),
+                auth.as_ref().map(authentication_json).as_deref(),
+                &wa,
+                &cbs,
+            );
+            assert_eq!(got, expected);
+        }
+        for outcome in [
+            Ok(json!({"a": [1, "x\u{7f}"]})),
+            Err(KiteError::generic("bad \"x\"").with_id("7")),
+        ] {
+            let expected =
+                Message::callback(9, vec![encode_response(outcome.clone())], Callbacks::new())
+                    .encode();
+            let got = encode_response_message(9, outcome.as_ref(), &Callbacks::new());
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]

@@ -93,9 +93,12 @@ pub fn decode_server_frame(frame: &str) -> Result<ServerFrame, FrameError> {
                 ServerFrame::Heartbeat
             })
         }
-        'a' => serde_json::from_str::<Vec<String>>(rest)
-            .map(ServerFrame::Messages)
-            .map_err(|e| FrameError::Malformed(e.to_string())),
+        'a' => match fast_string_array(rest) {
+            Some(messages) => Ok(ServerFrame::Messages(messages)),
+            None => serde_json::from_str::<Vec<String>>(rest)
+                .map(ServerFrame::Messages)
+                .map_err(|e| FrameError::Malformed(e.to_string())),
+        },
         'm' => serde_json::from_str::<String>(rest)
             .map(|m| ServerFrame::Messages(vec![m]))
             .map_err(|e| FrameError::Malformed(e.to_string())),
@@ -121,12 +124,101 @@ pub fn decode_client_frame(frame: &str) -> Result<Vec<String>, FrameError> {
         Some(b'"') => serde_json::from_str::<String>(trimmed)
             .map(|m| vec![m])
             .map_err(|e| FrameError::Malformed(e.to_string())),
-        Some(b'[') => serde_json::from_str::<Vec<String>>(trimmed)
-            .map_err(|e| FrameError::Malformed(e.to_string())),
+        Some(b'[') => match fast_string_array(trimmed) {
+            Some(messages) => Ok(messages),
+            None => serde_json::from_str::<Vec<String>>(trimmed)
+                .map_err(|e| FrameError::Malformed(e.to_string())),
+        },
         Some(_) => Err(FrameError::Malformed(
             "expected a JSON array of strings".to_string(),
         )),
     }
+}
+
+/// Decodes a JSON array of strings in one pass, each string unescaped straight into a
+/// `String` of its exact size: the common frame (no `\\u` escapes, no unusual
+/// whitespace). `None` for anything else, which the caller hands to `serde_json` (same
+/// result or error as before, just slower).
+fn fast_string_array(text: &str) -> Option<Vec<String>> {
+    let b = text.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(i + 1);
+    let mut out = Vec::new();
+    if b.get(i) == Some(&b']') {
+        return (skip_ws(i + 1) == b.len()).then_some(out);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (string, next) = fast_string(text, i + 1)?;
+        out.push(string);
+        i = skip_ws(next);
+        match b.get(i)? {
+            b',' => i = skip_ws(i + 1),
+            b']' => return (skip_ws(i + 1) == b.len()).then_some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// Unescapes the JSON string whose body starts at `start` (after the opening quote);
+/// returns it and the index after the closing quote. `None` on `\\u` escapes, raw control
+/// characters or a bad escape (left to `serde_json`).
+fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
+    let b = text.as_bytes();
+    // First pass: find the end, so that the output is allocated once at its final size.
+    let mut i = start;
+    let mut escapes = 0;
+    loop {
+        match *b.get(i)? {
+            b'"' => break,
+            b'\\' => {
+                escapes += 1;
+                i += 2;
+            }
+            c if c < 0x20 => return None,
+            _ => i += 1,
+        }
+    }
+    let end = i;
+    if escapes == 0 {
+        return Some((text[start..end].to_string(), end + 1));
+    }
+    let mut out = String::with_capacity(end - start - escapes);
+    let mut run = start;
+    let mut i = start;
+    while i < end {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&text[run..i]);
+        out.push(match *b.get(i + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            _ => return None,
+        });
+        i += 2;
+        run = i;
+    }
+    out.push_str(&text[run..end]);
+    Some((out, end + 1))
 }
 
 /// Appends an `a[...]` frame holding `messages` to `out`.
@@ -182,25 +274,40 @@ fn sockjs_unsafe(c: char) -> bool {
 pub fn quote_into(s: &str, out: &mut String) {
     out.reserve(s.len() + 2);
     out.push('"');
+    let bytes = s.as_bytes();
     let mut run_start = 0;
-    for (i, c) in s.char_indices() {
-        let escape: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            c if sockjs_unsafe(c) => None,
-            _ => continue,
+    let mut i = 0;
+    while i < bytes.len() {
+        // Byte scan: only ASCII specials and the lead bytes of U+2000..U+2FFF (0xE2) and
+        // U+F000..U+FFFF (0xEF) can need an escape.
+        let (escape, c, len): (Option<&str>, u32, usize) = match bytes[i] {
+            b'"' => (Some("\\\""), 0, 1),
+            b'\\' => (Some("\\\\"), 0, 1),
+            b'\n' => (Some("\\n"), 0, 1),
+            b'\r' => (Some("\\r"), 0, 1),
+            b'\t' => (Some("\\t"), 0, 1),
+            b @ 0..=0x1f => (None, u32::from(b), 1),
+            0xE2 | 0xEF => match s[i..].chars().next() {
+                Some(c) if sockjs_unsafe(c) => (None, c as u32, c.len_utf8()),
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            },
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[run_start..i]);
         match escape {
             Some(e) => out.push_str(e),
             None => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+                let _ = write!(out, "\\u{c:04x}");
             }
         }
-        run_start = i + c.len_utf8();
+        i += len;
+        run_start = i;
     }
     out.push_str(&s[run_start..]);
     out.push('"');
@@ -266,6 +373,65 @@ mod tests {
             decode_server_frame(&out).unwrap(),
             ServerFrame::Messages(vec!["a\u{2028}b\u{0}\"\\\u{ffff}\u{e9}".into()])
         );
+    }
+
+    #[test]
+    fn fast_decoding_matches_serde() {
+        let long = "x".repeat(300);
+        let cases = [
+            "[]".to_string(),
+            " [ ] ".to_string(),
+            r#"["a"]"#.to_string(),
+            r#"[ "a" , "b\"c\\d\/e\n\t\r\b\f" ]"#.to_string(),
+            r#"["{\"method\":\"square\",\"arguments\":[4]}","é\u2028"]"#.to_string(),
+            format!(r#"["{long}\"","{long}"]"#),
+            r#"["\ud800"]"#.to_string(),
+            r#"["a","#.to_string(),
+            r#"["a" "b"]"#.to_string(),
+            r#"["a\x"]"#.to_string(),
+            "[\"a\u{1}\"]".to_string(),
+            r#"["a"]x"#.to_string(),
+            r#"["a\"#.to_string(),
+            r#"[1]"#.to_string(),
+            r#"[,"a"]"#.to_string(),
+            r#"["a",]"#.to_string(),
+        ];
+        for case in &cases {
+            let expected = serde_json::from_str::<Vec<String>>(case).ok();
+            let fast = fast_string_array(case);
+            if let Some(fast) = &fast {
+                assert_eq!(Some(fast), expected.as_ref(), "{case}");
+            }
+            assert_eq!(decode_client_frame(case).ok(), expected, "{case}");
+            assert_eq!(
+                decode_server_frame(&format!("a{case}")).ok(),
+                expected.map(ServerFrame::Messages),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn quoting_round_trips_every_character_class() {
+        let s: String = (0u32..0x3000)
+            .chain(0xd7f0..0xd800)
+            .chain(0xe000..0x10100)
+            .filter_map(char::from_u32)
+            .collect();
+        let mut out = String::new();
+        quote_into(&s, &mut out);
+        let back: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, s);
+        for c in s.chars() {
+            let mut one = String::new();
+            quote_into(&c.to_string(), &mut one);
+            let escaped = one.starts_with("\"\\u");
+            assert_eq!(
+                escaped,
+                sockjs_unsafe(c) && !"\n\r\t".contains(c),
+                "{c:?} {one}"
+            );
+        }
     }
 
     #[test]

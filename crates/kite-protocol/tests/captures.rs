@@ -1,4 +1,4 @@
-//! One test per wire capture of the Go implementation (tests/vectors/*.txt): every dnode
+//! One test per wire capture of the Go implementation (crates/kite-testkit/vectors/*.txt): every dnode
 //! message decodes, and our encoder produces the same requests, responses and callback
 //! invocations as Go.
 
@@ -476,7 +476,7 @@ fn every_capture_is_covered() {
         "xhr_countdown_callbacks.txt",
         "xhr_square_noauth.txt",
     ];
-    let mut files: Vec<String> = std::fs::read_dir(vector_path(""))
+    let mut files: Vec<String> = std::fs::read_dir(kite_testkit::vectors::dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".txt"))

@@ -1,4 +1,4 @@
-//! The reference encodings of dnode-protocol 0.2.2 (tests/vectors/dnode-vectors.json):
+//! The reference encodings of dnode-protocol 0.2.2 (crates/kite-testkit/vectors/dnode-vectors.json):
 //! every entry decodes as its notes say, and our scrubber finds the same callback paths
 //! (modulo string vs integer array indexes; ids may differ since JS numbers keys in
 //! insertion order and we in sorted order).

@@ -3,10 +3,8 @@
 //! this test's axum app and talks to our echo service through sockjs-client 1.6.1, once per
 //! forced transport: `websocket`, `xhr-streaming`, `xhr-polling`.
 //!
-//! Skipped (with a loud message) only when /usr/bin/chromium is missing.
+//! Fails when /usr/bin/chromium is missing (scripts/install-test-deps installs it).
 #![allow(clippy::unwrap_used)]
-
-mod client_support;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -14,10 +12,9 @@ use std::time::Duration;
 
 use axum::http::header;
 use axum::routing::get;
-use client_support::interop_dir;
 use kite_sockjs::server::{router, ServerConfig};
+use kite_testkit::paths::interop_dir;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const PAGE: &str =
     "<!doctype html><meta charset=\"utf-8\"><title>kite-rs SockJS browser test</title>\
 <script src=\"/static/sockjs.min.js\"></script>";
@@ -80,12 +77,7 @@ async fn start_server() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_sockjs_client_talks_to_our_server() {
-    if !std::path::Path::new(CHROMIUM).exists() {
-        eprintln!(
-            "\n\n!!!!! SKIPPING browser test: {CHROMIUM} is missing (apt-get install chromium) !!!!!\n\n"
-        );
-        return;
-    }
+    kite_testkit::peers::require_chromium();
     let addr = start_server().await;
     let page = format!("http://{addr}/browser.html");
     let sockjs = format!("http://{addr}/echo");

@@ -73,11 +73,11 @@ async fn echo_round_trip(transport: ClientTransport) {
     } else {
         "websocket"
     };
-    let open = node.wait_line("open", |v| v["event"] == "open").await;
+    let open = node.wait_line(|v| v["event"] == "open").await;
     assert_eq!(open["protocol"], protocol);
     // Dropping every sender closes the session; the server notices.
     drop(tx);
-    node.wait_line("close", |v| v["event"] == "close" && v["prefix"] == "/echo")
+    node.wait_line(|v| v["event"] == "close" && v["prefix"] == "/echo")
         .await;
     assert_eq!(recv(&mut rx).await, None);
 }
@@ -241,7 +241,7 @@ async fn xhr_requests_share_the_cookie_jar() {
         assert_eq!(recv(&mut rx).await, Some(format!("m{i}")));
     }
     assert_eq!(cfg.cookies.len(), 1);
-    let first = node.wait_line("cookie", |v| v["event"] == "cookie").await;
+    let first = node.wait_line(|v| v["event"] == "cookie").await;
     assert_eq!(first["cookie"], serde_json::Value::Null, "{first}");
     let rest: Vec<_> = node
         .drain_lines()
@@ -259,6 +259,6 @@ async fn xhr_requests_share_the_cookie_jar() {
     let (tx2, mut rx2) = connect(&url, &cfg).await.unwrap().split();
     tx2.send("again".into()).await.unwrap();
     assert_eq!(recv(&mut rx2).await.as_deref(), Some("again"));
-    let line = node.wait_line("cookie", |v| v["event"] == "cookie").await;
+    let line = node.wait_line(|v| v["event"] == "cookie").await;
     assert_eq!(line["cookie"], "sticky=backend1", "{line}");
 }

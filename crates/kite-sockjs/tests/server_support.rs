@@ -79,24 +79,7 @@ pub fn sid() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).unwrap()
-    }
-}
+pub use kite_testkit::http::RawResponse as Resp;
 
 fn request_bytes(
     addr: SocketAddr,
@@ -104,7 +87,6 @@ fn request_bytes(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-    close: bool,
 ) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for (k, v) in headers {
@@ -112,9 +94,6 @@ fn request_bytes(
     }
     if method == "POST" || !body.is_empty() {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    if close {
-        req.push_str("Connection: close\r\n");
     }
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
@@ -196,7 +175,7 @@ pub async fn stream(
     headers: &[(&str, &str)],
 ) -> Streaming {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&request_bytes(addr, method, path, headers, b"", false))
+    tcp.write_all(&request_bytes(addr, method, path, headers, b""))
         .await
         .unwrap();
     let mut reader = BufReader::new(tcp);
@@ -222,51 +201,7 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    tokio::time::timeout(DEADLINE, request_inner(addr, method, path, headers, body))
-        .await
-        .expect("no response within the deadline")
-}
-
-async fn request_inner(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&request_bytes(addr, method, path, headers, body, true))
-        .await
-        .unwrap();
-    let mut reader = BufReader::new(tcp);
-    let (status, headers) = read_head(&mut reader).await;
-    let mut raw = Vec::new();
-    reader.read_to_end(&mut raw).await.unwrap();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    let body = if chunked { dechunk(&raw) } else { raw };
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let len =
-            usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16).unwrap();
-        if len == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[eol + 2..eol + 2 + len]);
-        raw = &raw[eol + 2 + len + 2..];
-    }
+    kite_testkit::http::request(addr, method, path, headers, body).await
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Resp {

@@ -123,8 +123,14 @@ pub struct Config {
     pub id: String,
     /// The raw kite.key JWT (used for `kiteKey` authentication towards Kontrol).
     pub kite_key: String,
-    /// Kontrol's SockJS URL; kite.key `kontrolURL`; `KITE_KONTROL_URL`.
+    /// Kontrol's SockJS URL, the primary one; kite.key `kontrolURL`; the first entry of
+    /// `KITE_KONTROL_URL`.
     pub kontrol_url: String,
+    /// Every Kontrol of a scale-out registry this kite may use, in the order it tries them
+    /// (see [`Config::kontrol_url_list`]): `KITE_KONTROL_URL` as a comma-separated list
+    /// (`http://a:4000/kite,http://b:4000/kite`). Default empty: then the kite uses
+    /// `kontrol_url` alone (the kite.key's `kontrolURL` unless overridden).
+    pub kontrol_urls: Vec<String>,
     /// Kontrol's public key PEM; kite.key `kontrolKey`.
     pub kontrol_key: String,
     /// Kontrol's username (accepted token issuer); kite.key `iss`.
@@ -160,6 +166,7 @@ impl Default for Config {
             id: String::new(),
             kite_key: String::new(),
             kontrol_url: String::new(),
+            kontrol_urls: Vec::new(),
             kontrol_key: String::new(),
             kontrol_user: String::new(),
             disable_authentication: false,
@@ -211,10 +218,36 @@ impl Config {
         self.kontrol_key = key.kontrol_key().to_owned();
     }
 
+    /// The Kontrol URLs to try, in order: [`kontrol_url`](Self::kontrol_url) first (when
+    /// set), then the entries of [`kontrol_urls`](Self::kontrol_urls) not already listed.
+    /// Setting only `kontrol_url` (as before) therefore gives a one-entry list, and setting
+    /// `kontrol_url` to another value makes it the primary while the others stay fallbacks.
+    ///
+    /// ```
+    /// let mut c = kite::Config::default();
+    /// c.kontrol_url = "http://b/kite".into();
+    /// c.kontrol_urls = vec!["http://a/kite".into(), "http://b/kite".into()];
+    /// assert_eq!(c.kontrol_url_list(), ["http://b/kite", "http://a/kite"]);
+    /// ```
+    pub fn kontrol_url_list(&self) -> Vec<String> {
+        let mut list: Vec<String> = Vec::with_capacity(self.kontrol_urls.len() + 1);
+        let candidates = std::iter::once(&self.kontrol_url).chain(&self.kontrol_urls);
+        for url in candidates {
+            let url = url.trim();
+            if !url.is_empty() && !list.iter().any(|u| u == url) {
+                list.push(url.to_owned());
+            }
+        }
+        list
+    }
+
     /// Applies the `KITE_*` variables of `env` (7.1): empty values are ignored; an unknown
     /// `KITE_TRANSPORT` or a `KITE_PORT` that is not a port number is an error; invalid
     /// durations are silently ignored, like Go, and so are negative `KITE_TIMEOUT` /
     /// `KITE_HANDSHAKE_TIMEOUT` values (Go would take them; they make no sense).
+    /// `KITE_KONTROL_URL` may list several Kontrols separated by commas: the first becomes
+    /// [`kontrol_url`](Self::kontrol_url), all of them [`kontrol_urls`](Self::kontrol_urls)
+    /// (blank entries and duplicates are dropped).
     /// `KITE_HOME` is not a field: it is used by [`Config::load_from`] to find the kite.key.
     pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         let var = |name: &str| env.get(name).map(String::as_str).filter(|v| !v.is_empty());
@@ -239,7 +272,11 @@ impl Config {
                     })?;
         }
         if let Some(v) = var("KITE_KONTROL_URL") {
-            self.kontrol_url = v.to_owned();
+            let urls = parse_url_list(v);
+            if let Some(first) = urls.first() {
+                self.kontrol_url.clone_from(first);
+                self.kontrol_urls = urls;
+            }
         }
         if let Some(v) = var("KITE_TRANSPORT") {
             self.transport = v.parse()?;
@@ -263,4 +300,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Splits a comma-separated URL list (`KITE_KONTROL_URL`): entries are trimmed, blank ones
+/// and repeats dropped, the order kept.
+///
+/// ```
+/// use kite::config::parse_url_list;
+/// assert_eq!(parse_url_list(" http://a/kite, ,http://b/kite,http://a/kite"),
+///            ["http://a/kite", "http://b/kite"]);
+/// ```
+pub fn parse_url_list(s: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for url in s.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        if !out.iter().any(|u| u == url) {
+            out.push(url.to_owned());
+        }
+    }
+    out
 }

@@ -71,6 +71,23 @@ impl Table {
     }
 }
 
+/// The credential sent with our calls and its request JSON, serialised once.
+struct CachedAuth {
+    auth: Auth,
+    json: Box<str>,
+}
+
+impl CachedAuth {
+    fn new(auth: Auth) -> Arc<CachedAuth> {
+        let json = envelope::authentication_json(&envelope::Authentication::new(
+            auth.kind.as_str(),
+            auth.key.as_str(),
+        ))
+        .into_boxed_str();
+        Arc::new(CachedAuth { auth, json })
+    }
+}
+
 pub(crate) struct ConnShared {
     pub(crate) core: Arc<Core>,
     pub(crate) limits: Arc<Limits>,
@@ -78,7 +95,7 @@ pub(crate) struct ConnShared {
     info: SessionInfo,
     table: Mutex<Table>,
     remote: OnceLock<KiteIdentity>,
-    auth: RwLock<Option<Auth>>,
+    auth: RwLock<Option<Arc<CachedAuth>>>,
     closed: CancellationToken,
     stop_reading: CancellationToken,
     permits: Arc<Semaphore>,
@@ -131,7 +148,7 @@ impl Connection {
             info,
             table: Mutex::new(Table::default()),
             remote: OnceLock::new(),
-            auth: RwLock::new(auth),
+            auth: RwLock::new(auth.map(CachedAuth::new)),
             closed: CancellationToken::new(),
             stop_reading: CancellationToken::new(),
         });
@@ -163,14 +180,12 @@ impl Connection {
 
     /// The credential sent with our calls on this connection.
     pub fn auth(&self) -> Option<Auth> {
-        match self.0.auth.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.0.cached_auth().map(|a| a.auth.clone())
     }
 
     /// Replaces the credential sent with later calls.
     pub fn set_auth(&self, auth: Option<Auth>) {
+        let auth = auth.map(CachedAuth::new);
         match self.0.auth.write() {
             Ok(mut g) => *g = auth,
             Err(p) => *p.into_inner() = auth,
@@ -305,6 +320,13 @@ impl ConnShared {
         Arc::downgrade(self)
     }
 
+    fn cached_auth(&self) -> Option<Arc<CachedAuth>> {
+        match self.auth.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     pub(crate) async fn close(&self) {
         if self.closed.is_cancelled() {
             return;
@@ -349,28 +371,32 @@ impl ConnShared {
         if self.closed.is_cancelled() {
             return Err(KiteError::send("can't send, connection is closed"));
         }
-        let identity = self.core.identity();
-        let auth = match self.auth.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-        .map(|a| envelope::Authentication::new(a.kind, a.key));
-        let mut arguments = envelope::encode_request(&identity, auth.as_ref(), with_args, 0);
-        if let (Some(fields), Some(Value::Object(options))) = (fields, arguments.get_mut(0)) {
-            for (k, v) in fields {
-                if !STANDARD_KEYS.contains(&k.as_str()) {
-                    options.insert(k, v);
-                }
-            }
-        }
         let (tx, rx) = oneshot::channel();
         let mut locals = Vec::with_capacity(functions.len() + 1);
         locals.push(LocalCallback::Response(tx));
         locals.extend(functions.into_iter().map(LocalCallback::User));
-        let response_id = self
-            .send_message_ids(Method::Name(method.to_string()), arguments, locals)
-            .await?
-            .ok_or_else(|| KiteError::send("response callback was not registered"))?;
+        let response_id = match fields {
+            None => self.send_call(method, with_args, locals).await?,
+            Some(fields) => {
+                // Rare: extra options keys go through the generic tree encoding.
+                let identity = self.core.identity();
+                let auth = self.cached_auth().map(|a| {
+                    envelope::Authentication::new(a.auth.kind.as_str(), a.auth.key.as_str())
+                });
+                let mut arguments =
+                    envelope::encode_request(&identity, auth.as_ref(), with_args, 0);
+                if let Some(Value::Object(options)) = arguments.get_mut(0) {
+                    for (k, v) in fields {
+                        if !STANDARD_KEYS.contains(&k.as_str()) {
+                            options.insert(k, v);
+                        }
+                    }
+                }
+                self.send_message_ids(Method::Name(method.to_string()), arguments, locals)
+                    .await?
+            }
+        }
+        .ok_or_else(|| KiteError::send("response callback was not registered"))?;
         let arguments = match timeout {
             None => rx.await,
             Some(d) => match tokio::time::timeout(d, rx).await {
@@ -413,14 +439,87 @@ impl ConnShared {
         if self.closed.is_cancelled() {
             return Err(KiteError::send("can't send, connection is closed"));
         }
-        let mut locals: Vec<Option<LocalCallback>> = locals.into_iter().map(Some).collect();
-        let mut callbacks = Callbacks::new();
-        let mut registered = Vec::new();
-        let mut response_id = None;
-        {
+        let (callbacks, registered, response_id) = {
             let mut table = lock(&self.table);
             let scrubbed = dnode::scrub(&mut arguments, &mut table.next_id);
-            registered.reserve(scrubbed.len());
+            self.register(&mut table, scrubbed, locals)?
+        };
+        let text = Message::new(method, arguments, callbacks).encode();
+        if self.sender.send(text).await.is_err() {
+            self.unregister(&registered);
+            return Err(KiteError::send("can't send, session is closed"));
+        }
+        Ok(response_id)
+    }
+
+    /// Sends a call of `method` in one pass (no options tree): the cached identity and
+    /// credential JSON are spliced into the message. `locals[0]` is the response callback;
+    /// function markers in `with_args` index `locals`. Returns the response callback's id.
+    async fn send_call(
+        &self,
+        method: &str,
+        with_args: Vec<Value>,
+        locals: Vec<LocalCallback>,
+    ) -> Result<Option<u64>, KiteError> {
+        if self.closed.is_cancelled() {
+            return Err(KiteError::send("can't send, connection is closed"));
+        }
+        let mut with_args = Value::Array(with_args);
+        let (callbacks, registered, response_id) = {
+            let mut table = lock(&self.table);
+            // The response callback first (lowest id, as with the sorted options tree).
+            let response = dnode::ScrubbedFunction {
+                id: table.next_id,
+                marker: 0,
+                path: vec![
+                    dnode::PathElement::Index(0),
+                    dnode::PathElement::Key("responseCallback".to_string()),
+                ],
+            };
+            table.next_id += 1;
+            let mut scrubbed = vec![response];
+            for mut s in dnode::scrub(&mut with_args, &mut table.next_id) {
+                s.path.splice(
+                    0..0,
+                    [
+                        dnode::PathElement::Index(0),
+                        dnode::PathElement::Key("withArgs".to_string()),
+                    ],
+                );
+                scrubbed.push(s);
+            }
+            self.register(&mut table, scrubbed, locals)?
+        };
+        let ident = self.core.cached_identity();
+        let auth = self.cached_auth();
+        let text = envelope::encode_call_message(
+            method,
+            &ident.json,
+            auth.as_deref().map(|a| &*a.json),
+            &with_args,
+            &callbacks,
+        );
+        if self.sender.send(text).await.is_err() {
+            self.unregister(&registered);
+            return Err(KiteError::send("can't send, session is closed"));
+        }
+        Ok(response_id)
+    }
+
+    /// Registers the local callbacks of an outgoing message in `table`: `scrubbed` (in id
+    /// order) index `locals`. Returns the message's `callbacks`, the registered ids and
+    /// the response callback's id.
+    fn register(
+        &self,
+        table: &mut Table,
+        scrubbed: Vec<dnode::ScrubbedFunction>,
+        locals: Vec<LocalCallback>,
+    ) -> Result<(Callbacks, Vec<u64>, Option<u64>), KiteError> {
+        let mut locals: Vec<Option<LocalCallback>> = locals.into_iter().map(Some).collect();
+        let mut callbacks = Callbacks::new();
+        let mut registered = Vec::with_capacity(scrubbed.len());
+        let mut response_id = None;
+        {
             for s in scrubbed {
                 let cb = match locals.get_mut(s.marker) {
                     Some(slot @ Some(LocalCallback::Response(_))) => slot.take(),
@@ -462,12 +561,7 @@ impl ConnShared {
                 callbacks.push(id, s.path);
             }
         }
-        let text = Message::new(method, arguments, callbacks).encode();
-        if self.sender.send(text).await.is_err() {
-            self.unregister(&registered);
-            return Err(KiteError::send("can't send, session is closed"));
-        }
-        Ok(response_id)
+        Ok((callbacks, registered, response_id))
     }
 
     fn unregister(&self, ids: &[u64]) {
@@ -477,12 +571,15 @@ impl ConnShared {
         }
     }
 
-    async fn dispatch(self: &Arc<Self>, text: String) {
+    /// Decodes and routes one incoming message without awaiting: responses are delivered
+    /// here; anything that has to wait is returned as a boxed future, so the read loop's
+    /// own future stays small while the connection is idle.
+    fn dispatch(self: &Arc<Self>, text: String) -> Next {
         let mut msg = match Message::decode(&text, &self.limits.protocol) {
             Ok(m) => m,
             Err(e) => {
                 debug!(session = self.info.id(), "dropping message: {e}");
-                return;
+                return Next::Done;
             }
         };
         drop(text);
@@ -509,19 +606,26 @@ impl ConnShared {
                     other => vec![other],
                 };
                 match cb {
-                    None => debug!(session = self.info.id(), id, "unknown callback id"),
+                    None => {
+                        debug!(session = self.info.id(), id, "unknown callback id");
+                        Next::Done
+                    }
                     Some(LocalCallback::Response(tx)) => {
                         let _ = tx.send(arguments);
+                        Next::Done
                     }
                     Some(LocalCallback::User(f)) => {
                         let args = Args::new(arguments, self.weak());
-                        if AssertUnwindSafe(f.invoke(args))
-                            .catch_unwind()
-                            .await
-                            .is_err()
-                        {
-                            warn!(session = self.info.id(), id, "callback panicked");
-                        }
+                        let session = self.info.id().to_string();
+                        Next::Inline(Box::pin(async move {
+                            if AssertUnwindSafe(f.invoke(args))
+                                .catch_unwind()
+                                .await
+                                .is_err()
+                            {
+                                warn!(session, id, "callback panicked");
+                            }
+                        }))
                     }
                 }
             }
@@ -529,35 +633,56 @@ impl ConnShared {
                 if self.stop_reading.is_cancelled() {
                     // Shutting down: responses and callbacks are still read (in-flight
                     // handlers may wait for them), new requests are refused.
-                    if let Some(rc) = envelope::response_callback_of(&msg.arguments) {
+                    let Some(rc) = envelope::response_callback_of(&msg.arguments) else {
+                        return Next::Done;
+                    };
+                    let conn = self.clone();
+                    return Next::Inline(Box::pin(async move {
                         let e = KiteError::generic("kite is shutting down");
-                        self.reply(rc, Err(e), Vec::new()).await;
-                    }
-                    return;
+                        conn.reply(rc, Err(e), Vec::new()).await;
+                    }));
                 }
                 let Some(entry) = self.core.method(&name) else {
-                    if let Some(rc) = envelope::response_callback_of(&msg.arguments) {
-                        self.reply(rc, Err(KiteError::method_not_found(&name)), Vec::new())
-                            .await;
-                    } else {
+                    let Some(rc) = envelope::response_callback_of(&msg.arguments) else {
                         debug!(session = self.info.id(), method = %name, "unknown method, no callback");
+                        return Next::Done;
+                    };
+                    let conn = self.clone();
+                    return Next::Inline(Box::pin(async move {
+                        conn.reply(rc, Err(KiteError::method_not_found(&name)), Vec::new())
+                            .await;
+                    }));
+                };
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => Next::Handler(Box::pin(serve_request(
+                        self.clone(),
+                        entry,
+                        name,
+                        msg.arguments,
+                        permit,
+                    ))),
+                    Err(tokio::sync::TryAcquireError::Closed) => Next::Done,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => {
+                        // At the bound: stop reading until a handler finishes.
+                        let conn = self.clone();
+                        Next::Inline(Box::pin(async move {
+                            let permit = tokio::select! {
+                                p = conn.permits.clone().acquire_owned() => match p {
+                                    Ok(p) => p,
+                                    Err(_) => return,
+                                },
+                                _ = conn.closed.cancelled() => return,
+                            };
+                            tokio::spawn(serve_request(
+                                conn.clone(),
+                                entry,
+                                name,
+                                msg.arguments,
+                                permit,
+                            ));
+                        }))
                     }
-                    return;
-                };
-                let permit = tokio::select! {
-                    p = self.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = self.closed.cancelled() => return,
-                };
-                tokio::spawn(serve_request(
-                    self.clone(),
-                    entry,
-                    name,
-                    msg.arguments,
-                    permit,
-                ));
+                }
             }
         }
     }
@@ -568,15 +693,79 @@ impl ConnShared {
         result: Result<Value, KiteError>,
         functions: Vec<Function>,
     ) {
-        let arg = envelope::encode_response(result);
-        let locals = functions.into_iter().map(LocalCallback::User).collect();
-        if let Err(e) = self
-            .send_message(Method::Callback(callback), vec![arg], locals)
-            .await
-        {
-            debug!(session = self.info.id(), "cannot send response: {e}");
+        let (text, registered) = match result {
+            Err(e) => (
+                envelope::encode_response_message(callback, Err(&e), &Callbacks::new()),
+                Vec::new(),
+            ),
+            Ok(mut value) if functions.is_empty() => {
+                // No local function can be sent: markers (forged ones included) become
+                // "[Function]" without a callback entry; no table access needed.
+                if matches!(&value, Value::String(s) if dnode::parse_function_marker(s).is_some()) {
+                    value = Value::String(dnode::FUNCTION_PLACEHOLDER.to_string());
+                } else {
+                    let mut unused = 0;
+                    let _ = dnode::scrub(&mut value, &mut unused);
+                }
+                (
+                    envelope::encode_response_message(callback, Ok(&value), &Callbacks::new()),
+                    Vec::new(),
+                )
+            }
+            Ok(value) => {
+                let locals = functions.into_iter().map(LocalCallback::User).collect();
+                // Wrapped so that a result that is itself a function is scrubbed too.
+                let mut wrapped = Value::Array(vec![value]);
+                let registered = {
+                    let mut table = lock(&self.table);
+                    let mut scrubbed = dnode::scrub(&mut wrapped, &mut table.next_id);
+                    for s in &mut scrubbed {
+                        // [0, ...] → [0, "result", ...]
+                        s.path
+                            .insert(1, dnode::PathElement::Key("result".to_string()));
+                    }
+                    self.register(&mut table, scrubbed, locals)
+                };
+                let value = match wrapped {
+                    Value::Array(mut a) => a.pop().unwrap_or(Value::Null),
+                    other => other,
+                };
+                match registered {
+                    Ok((callbacks, registered, _)) => (
+                        envelope::encode_response_message(callback, Ok(&value), &callbacks),
+                        registered,
+                    ),
+                    Err(e) => {
+                        debug!(session = self.info.id(), "cannot send response: {e}");
+                        return;
+                    }
+                }
+            }
+        };
+        if self.sender.send(text).await.is_err() {
+            self.unregister(&registered);
+            debug!(
+                session = self.info.id(),
+                "cannot send response: session is closed"
+            );
         }
     }
+}
+
+/// A boxed future the read loop runs.
+type BoxedTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the read loop does after [`ConnShared::dispatch`].
+enum Next {
+    /// Nothing more (a response delivered, a message dropped).
+    Done,
+    /// Await this before reading on (user callbacks in arrival order, error replies,
+    /// waiting for a handler permit).
+    Inline(BoxedTask),
+    /// A request handler: polled once right here (most handlers finish at once, so no task
+    /// is spawned for them); if it has to wait, it goes on as its own task so that it
+    /// never holds up the read loop.
+    Handler(BoxedTask),
 }
 
 async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
@@ -588,10 +777,24 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
             m = rx.recv() => m,
         };
         let Some(text) = msg else { break };
-        tokio::select! {
-            biased;
-            _ = conn.closed.cancelled() => break,
-            _ = conn.dispatch(text) => {}
+        match conn.dispatch(text) {
+            Next::Done => {}
+            Next::Handler(mut handler) => {
+                let pending = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(handler.as_mut().poll(cx).is_pending())
+                })
+                .await;
+                if pending {
+                    tokio::spawn(handler);
+                }
+            }
+            Next::Inline(task) => {
+                tokio::select! {
+                    biased;
+                    _ = conn.closed.cancelled() => break,
+                    _ = task => {}
+                }
+            }
         }
     }
     rx.close();
@@ -655,7 +858,11 @@ async fn serve_request(
             None => Err(KiteError::authentication(
                 "No authentication information is provided",
             )),
-            Some(a) => conn.core.authenticate(a, &conn.core.identity()).await,
+            Some(a) => {
+                conn.core
+                    .authenticate(a, &conn.core.cached_identity().kite)
+                    .await
+            }
         };
         match result {
             Ok(u) => u,

@@ -84,6 +84,9 @@ pub(crate) struct Core {
     id: String,
     hostname: String,
     config: RwLock<Arc<Config>>,
+    /// The identity derived from `name`/`version`/`id`/`hostname` and the current config,
+    /// with its request JSON; replaced whenever the config is.
+    ident: RwLock<Arc<CachedIdentity>>,
     limits: RwLock<Arc<Limits>>,
     methods: RwLock<HashMap<String, Arc<MethodEntry>>>,
     layers: RwLock<Vec<LayerFn>>,
@@ -101,18 +104,38 @@ pub(crate) struct Core {
     pub(crate) kontrol: std::sync::OnceLock<Arc<crate::kontrol_client::KontrolState>>,
 }
 
-impl Core {
-    pub(crate) fn identity(&self) -> KiteIdentity {
-        let config = self.config();
-        KiteIdentity {
+/// The kite's identity and its JSON as sent in every request's `kite` key, computed once
+/// per configuration change instead of per call.
+#[derive(Debug)]
+pub(crate) struct CachedIdentity {
+    pub kite: KiteIdentity,
+    pub json: Box<str>,
+}
+
+impl CachedIdentity {
+    fn new(config: &Config, name: &str, version: &str, hostname: &str, id: &str) -> CachedIdentity {
+        let kite = KiteIdentity {
             username: config.username.clone(),
             environment: config.environment.clone(),
-            name: self.name.clone(),
-            version: self.version.clone(),
+            name: name.to_string(),
+            version: version.to_string(),
             region: config.region.clone(),
-            hostname: self.hostname.clone(),
-            id: self.id.clone(),
-        }
+            hostname: hostname.to_string(),
+            id: id.to_string(),
+        };
+        let json = kite_protocol::envelope::kite_json(&kite).into_boxed_str();
+        CachedIdentity { kite, json }
+    }
+}
+
+impl Core {
+    pub(crate) fn identity(&self) -> KiteIdentity {
+        self.cached_identity().kite.clone()
+    }
+
+    /// The identity with its request JSON (an `Arc` clone, no copy).
+    pub(crate) fn cached_identity(&self) -> Arc<CachedIdentity> {
+        read(&self.ident)
     }
 
     pub(crate) fn config(&self) -> Arc<Config> {
@@ -121,7 +144,15 @@ impl Core {
 
     /// Replaces the configuration snapshot (keys adopted from Kontrol).
     pub(crate) fn set_config(&self, config: Config) {
-        *write(&self.config) = Arc::new(config);
+        self.store_config(Arc::new(config));
+    }
+
+    fn store_config(&self, config: Arc<Config>) {
+        let ident =
+            CachedIdentity::new(&config, &self.name, &self.version, &self.hostname, &self.id);
+        // Config first, then identity: both under their own locks, never held together.
+        *write(&self.config) = config;
+        *write(&self.ident) = Arc::new(ident);
     }
 
     /// The built-in authenticator.
@@ -253,12 +284,16 @@ impl Kite {
             return Err(NewKiteError::BadVersion(version.to_string()));
         }
         let limits = Limits::default();
+        let id = uuid::Uuid::new_v4().to_string();
+        let hostname = crate::default_methods::hostname();
+        let ident = CachedIdentity::new(&config, name, version, &hostname, &id);
         let core = Arc::new(Core {
             name: name.to_string(),
             version: version.to_string(),
-            id: uuid::Uuid::new_v4().to_string(),
-            hostname: crate::default_methods::hostname(),
+            id,
+            hostname,
             config: RwLock::new(Arc::new(config.clone())),
+            ident: RwLock::new(Arc::new(ident)),
             limits: RwLock::new(Arc::new(limits.clone())),
             methods: RwLock::new(HashMap::new()),
             layers: RwLock::new(Vec::new()),
@@ -286,7 +321,7 @@ impl Kite {
 
     /// Pushes the public configuration fields into the running core.
     pub(crate) fn sync(&self) {
-        *write(&self.core.config) = Arc::new(self.config.clone());
+        self.core.store_config(Arc::new(self.config.clone()));
         *write(&self.core.limits) = Arc::new(self.limits.clone());
         let auth = &self.core.default_auth;
         if auth.kontrol_user() != self.config.kontrol_user {

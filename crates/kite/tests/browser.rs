@@ -5,17 +5,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use axum::response::Html;
 use axum::routing::get;
 use common::*;
+use kite_testkit::{peers, process};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kitejs_in_chromium_calls_rust_kite() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop");
-    let bundle = std::fs::read_to_string(root.join("node_modules/kite.js/dist/bundle.js"))
+    peers::require_chromium();
+    let bundle = std::fs::read_to_string(peers::node_module("kite.js").join("dist/bundle.js"))
         .expect("kite.js browser bundle (run scripts/install-test-deps)");
     let k = math_kite();
     k.add_routes(
@@ -36,11 +34,9 @@ async fn kitejs_in_chromium_calls_rust_kite() {
     );
     let served = serve(k).await;
     let origin = served.url.trim_end_matches("/kite").to_string();
-    let script = root.join("kite/browser_client.js");
     let url = served.url.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
+        process::node("kite/browser_client.js")
             .arg(format!("{origin}/"))
             .arg(url)
             .output()

@@ -3,68 +3,25 @@
 //! XHR polling and raw WebSocket.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join(name)
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use kite_testkit::paths::{example, interop_dir};
+use kite_testkit::process::{run_ok as run, TestProcess};
 
 /// Starts an example kite on an ephemeral port; returns it and its URL (from its ready
 /// line).
-fn start_kite(name: &str) -> (Proc, String) {
-    let mut child = Command::new(example(name))
-        .env("KITE_PORT", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start example {name}: {e}"));
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("ready line in time");
-    let prefix = format!("{name} kite ready on ");
-    let url = line
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .to_string();
-    (proc, url)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+fn start_kite(name: &str) -> (TestProcess, String) {
+    let mut kite = TestProcess::spawn(
+        name,
+        Command::new(example(name))
+            .env("KITE_PORT", "0")
+            .stderr(std::process::Stdio::null()),
     );
-    String::from_utf8(out.stdout).unwrap()
+    let prefix = format!("{name} kite ready on ");
+    let line = kite.wait_line(Duration::from_secs(20), |l| l.starts_with(&prefix));
+    let url = line[prefix.len()..].to_string();
+    (kite, url)
 }
 
 #[test]
@@ -91,7 +48,7 @@ async fn first_answers_ping() {
 #[test]
 fn kitejs_in_node_calls_math() {
     let (_math, url) = start_kite("math");
-    let script = repo_root().join("interop/kite/node_client.js");
+    let script = interop_dir().join("kite/node_client.js");
     for transport in ["sockjs-websocket", "xhr-polling", "raw-websocket"] {
         let out = run(Command::new("node").arg(&script).arg(&url).arg(transport));
         let lines: Vec<serde_json::Value> = out
@@ -116,18 +73,7 @@ fn math_exits_cleanly_on_sigterm() {
     let (mut math, url) = start_kite("math");
     let out = run(Command::new(example("square_client")).arg(&url));
     assert_eq!(out.trim(), "16");
-    let pid = math.0.id().to_string();
-    run(Command::new("kill").arg("-TERM").arg(&pid));
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = math.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "math did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    math.signal("TERM");
+    let status = math.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 }

@@ -1,4 +1,4 @@
-//! Against the Go captures (tests/vectors/, copied from the shared wire captures): our
+//! Against the Go captures (crates/kite-testkit/vectors/, copied from the shared wire captures): our
 //! server answers each captured request as the Go server did, and our client sends requests
 //! semantically equal to the Go client's.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
@@ -11,44 +11,10 @@ use std::time::Duration;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use kite::{Function, Kite, Transport};
+use kite_testkit::vectors::{capture as load, sockjs_messages as messages, ws_frames as frames};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-/// Frames of a capture, in order: (from client?, payload).
-fn frames(capture: &str) -> Vec<(bool, String)> {
-    let mut out = Vec::new();
-    let mut lines = capture.lines();
-    while let Some(line) = lines.next() {
-        if !line.contains("WS-FRAME text") {
-            continue;
-        }
-        let client = line.contains("C->S");
-        let empty = line.ends_with("(0 bytes)");
-        let payload = if empty {
-            String::new()
-        } else {
-            lines.next().unwrap_or("").to_string()
-        };
-        out.push((client, payload));
-    }
-    out
-}
-
-fn load(name: &str) -> String {
-    let path = format!("{}/tests/vectors/{name}.txt", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(path).unwrap()
-}
-
-/// The dnode messages inside a SockJS `a[...]` frame (server) or `[...]` frame (client).
-fn messages(frame: &str) -> Vec<Value> {
-    let array = frame.strip_prefix('a').unwrap_or(frame);
-    let texts: Vec<String> = serde_json::from_str(array).unwrap();
-    texts
-        .iter()
-        .map(|t| serde_json::from_str(t).unwrap())
-        .collect()
-}
 
 /// Replaces request ids (16 hex) in error objects and the caller's random identity fields;
 /// numbers must be written exactly as Go writes them (`49`, not `49.0`).

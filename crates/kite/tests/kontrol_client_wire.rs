@@ -1,5 +1,5 @@
 //! The kite side of Kontrol against scripted Kontrol servers: what our kite sends equals what
-//! the Go kite sent in the captures (/work/shared/vectors, copied to tests/vectors/), modulo
+//! the Go kite sent in the captures (/work/shared/vectors, copied to crates/kite-testkit/vectors/), modulo
 //! ids, host names and credentials; and our kite handles what Go Kontrol answers
 //! (RegisterResult, `kite.heartbeat`, getKites results, tokens, HTTP registration,
 //! `registeragain`, watch events, key adoption, token renewal).
@@ -19,10 +19,7 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------
 // Captures
 
-fn load(name: &str) -> String {
-    let path = format!("{}/tests/vectors/{name}.txt", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(path).unwrap()
-}
+use kite_testkit::vectors::capture as load;
 
 /// WebSocket frames of a capture, in order: (from client?, payload).
 fn ws_frames(capture: &str) -> Vec<(bool, String)> {
@@ -645,7 +642,7 @@ async fn watch_events_in_both_shapes_and_cancel() {
         ..Default::default()
     };
     let mut w = k.watch_kites(&q).await.unwrap();
-    assert_eq!(w.id(), Some("w-1"));
+    assert_eq!(w.id().as_deref(), Some("w-1"));
     assert!(w.kites().is_empty());
     let req = kontrol.requests("getKites").remove(0);
     let arg = &req["arguments"][0]["withArgs"][0];

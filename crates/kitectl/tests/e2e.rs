@@ -8,80 +8,15 @@
 //! `cargo build -p kontrol --bin kontrol`.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use kite::{Config, Kite, KiteError, Request};
+use kite_testkit::paths;
+use kite_testkit::process::TestProcess;
 
 const KITECTL: &str = env!("CARGO_BIN_EXE_kitectl");
-
-fn kontrol_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join(format!("kontrol{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "kontrol", "--bin", "kontrol"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the kontrol binary failed");
-    }
-    assert!(bin.exists(), "no kontrol binary at {}", bin.display());
-    bin
-}
-
-/// A child process killed on drop; stdout lines arrive on `lines`.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// The first line satisfying `f`, within `within`.
-    fn line(&self, within: Duration, f: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) if f(&l) => return l,
-                Ok(l) => seen.push(l),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("expected line not seen; got {seen:?}");
-    }
-}
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -136,10 +71,13 @@ async fn kontrol_kitectl_and_a_kite() {
         _dir: dir,
     };
     std::fs::create_dir_all(&env.home).unwrap();
-    let kontrol_bin = tokio::task::spawn_blocking(kontrol_binary).await.unwrap();
+    let kontrol_bin = tokio::task::spawn_blocking(|| paths::binary("kontrol", "kontrol"))
+        .await
+        .unwrap();
 
     // Kontrol: temporary data directory, ephemeral port, 1 s heartbeats.
-    let kontrol = Proc::spawn(
+    let mut kontrol = TestProcess::spawn(
+        "kontrol",
         Command::new(kontrol_bin)
             .args([
                 "--listen",
@@ -160,6 +98,7 @@ async fn kontrol_kitectl_and_a_kite() {
         .line(Duration::from_secs(60), |l| {
             l.starts_with("KITE_KONTROL_URL=")
         })
+        .await
         .trim_start_matches("KITE_KONTROL_URL=")
         .to_string();
 
@@ -270,18 +209,20 @@ async fn kontrol_kitectl_and_a_kite() {
     assert!(text(&out.stdout).starts_with("pong from /alice/e2e/math/"));
 
     // watch: the kite is present; once it stops heartbeating, DEREGISTER arrives.
-    let watch = Proc::spawn(&mut kitectl(&env, &["watch", "--name", "math", "--json"]));
-    let present = watch.line(Duration::from_secs(30), |l| l.contains("PRESENT"));
+    let mut watch = TestProcess::spawn(
+        "kitectl watch",
+        &mut kitectl(&env, &["watch", "--name", "math", "--json"]),
+    );
+    let present = watch
+        .line(Duration::from_secs(30), |l| l.contains("PRESENT"))
+        .await;
     assert!(present.contains(&math_id), "{present}");
     math_kontrol.close().await;
     handle.shutdown();
-    let gone = tokio::task::spawn_blocking(move || {
-        let line = watch.line(Duration::from_secs(30), |l| l.contains("DEREGISTER"));
-        drop(watch);
-        line
-    })
-    .await
-    .unwrap();
+    let gone = watch
+        .line(Duration::from_secs(30), |l| l.contains("DEREGISTER"))
+        .await;
+    drop(watch);
     let event: serde_json::Value = serde_json::from_str(&gone).unwrap();
     assert_eq!(event["kite"]["id"], math_id.as_str());
     let out = run(kitectl(&env, &["query", "--name", "math", "--json"])).await;

@@ -3,76 +3,35 @@
 //! accepts, Go-style single-dash flags, `--help`.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use kite_testkit::net::free_port;
+use kite_testkit::process::TestProcess;
 
 const KONTROL: &str = env!("CARGO_BIN_EXE_kontrol");
 
-/// A running kontrol process, killed on drop; its stdout lines arrive on `lines`.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn start(args: &[&str], home: &Path) -> Running {
-        let mut child = Command::new(KONTROL)
+/// Starts the kontrol binary with `args`, `home` as its home directory.
+fn start(args: &[&str], home: &Path) -> TestProcess {
+    TestProcess::spawn(
+        "kontrol",
+        Command::new(KONTROL)
             .args(args)
             .env("HOME", home)
             .env("KITE_HOME", home.join(".kite"))
             .env("RUST_LOG", "warn")
             .env_remove("KONTROL_PORT")
-            .env_remove("KONTROL_DATADIR")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines }
-    }
+            .env_remove("KONTROL_DATADIR"),
+    )
+}
 
-    /// Waits for the `KITE_KONTROL_URL=` line; returns the URL and every line seen.
-    fn url(&self) -> (String, Vec<String>) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("KITE_KONTROL_URL=") {
-                        let url = url.to_string();
-                        seen.push(line);
-                        // The remaining lines of the banner.
-                        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(300)) {
-                            seen.push(l);
-                        }
-                        return (url, seen);
-                    }
-                    seen.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no KITE_KONTROL_URL line; output: {seen:?}");
-    }
+/// Waits for the `KITE_KONTROL_URL=` line of the banner; returns the URL.
+fn kontrol_url(k: &mut TestProcess) -> String {
+    let line = k.wait_line(Duration::from_secs(60), |l| {
+        l.starts_with("KITE_KONTROL_URL=")
+    });
+    line["KITE_KONTROL_URL=".len()..].to_string()
 }
 
 /// `GET path` on the Kontrol's host: (status, body).
@@ -101,36 +60,20 @@ fn http_get(kontrol_url: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "kontrol did not exit in time");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn first_start_with_nothing_configured() {
     let home = tempfile::tempdir().unwrap();
-    let mut k = Running::start(&["--port", "0"], home.path());
-    let (url, banner) = k.url();
+    let mut k = start(&["--port", "0"], home.path());
+    let url = kontrol_url(&mut k);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert!(url.ends_with("/kite"), "{url}");
-    let text = banner.join("\n");
-    assert!(text.contains("kitectl register --kontrol-url"), "{text}");
-    assert!(text.contains("kontrol --initial --username"), "{text}");
+    // The rest of the banner tells how to get a kite key.
+    k.wait_line(Duration::from_secs(10), |l| {
+        l.contains("kitectl register --kontrol-url")
+    });
+    k.wait_line(Duration::from_secs(10), |l| {
+        l.contains("kontrol --initial --username")
+    });
     // Its data directory was created in the home directory.
     assert!(home.path().join(".kontrol").is_dir());
     // Ready.
@@ -139,17 +82,9 @@ fn first_start_with_nothing_configured() {
     let (status, body) = http_get(&url, "/kite");
     assert_eq!((status, body.trim()), (200, "Welcome to SockJS!"));
     // Graceful shutdown.
-    sigterm(&k.child);
-    let status = wait_exit(&mut k.child, Duration::from_secs(20));
+    k.signal("TERM");
+    let status = k.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -190,7 +125,7 @@ fn initial_writes_a_kite_key_the_kontrol_accepts() {
     assert_eq!(key.kontrol_url(), url);
 
     // The Kontrol started on the same data directory accepts it (kiteKey authentication).
-    let k = Running::start(
+    let mut k = start(
         &[
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -199,7 +134,7 @@ fn initial_writes_a_kite_key_the_kontrol_accepts() {
         ],
         home.path(),
     );
-    let (served, _) = k.url();
+    let served = kontrol_url(&mut k);
     assert_eq!(served, url);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,7 +5,7 @@
 //! Kontrol restarts (on the same port) the page reconnects and shows the new state, including
 //! a removal it could only learn from the new snapshot.
 //!
-//! Skipped, loudly, when Chromium is not installed.
+//! Fails when Chromium is not installed (scripts/install-test-deps installs it).
 #![allow(clippy::unwrap_used)]
 
 #[allow(unused_macros, unused_imports)]
@@ -15,7 +15,6 @@ mod support;
 #[allow(unused_imports)]
 mod web_common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -27,8 +26,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use web_common::*;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
 /// The Node driver, spoken to one JSON line at a time.
 struct Driver {
     _child: Child,
@@ -38,12 +35,8 @@ struct Driver {
 
 impl Driver {
     fn spawn() -> Driver {
-        let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop");
-        assert!(
-            interop.join("node_modules/playwright-core").exists(),
-            "playwright-core is not installed in {}",
-            interop.join("node_modules").display()
-        );
+        kite_testkit::peers::node_module("playwright-core");
+        let interop = kite_testkit::paths::interop_dir();
         let mut child = Command::new("node")
             .arg(interop.join("kontrol/web_page.js"))
             .stdin(Stdio::piped())
@@ -111,12 +104,7 @@ fn assert_row(state: &Value, k: &Kite, url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_shows_kites_live_in_chromium() {
-    if !Path::new(CHROMIUM).exists() {
-        eprintln!(
-            "\n\n!!!!! SKIPPED page_shows_kites_live_in_chromium: {CHROMIUM} is not installed !!!!!\n\n"
-        );
-        return;
-    }
+    kite_testkit::peers::require_chromium();
     // Registrations live a minute without heartbeats; removals are explicit.
     let long_lived = |c: &mut kontrol::KontrolConfig| {
         c.heartbeat_grace = Duration::from_secs(60);

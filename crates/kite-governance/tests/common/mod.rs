@@ -1,15 +1,14 @@
 //! Test helpers: kites on 127.0.0.1:0, child processes killed on drop, `/metrics` scraping.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kite::protocol::Kite as KiteIdentity;
 use kite::{Kite, ShutdownHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kite_testkit::paths;
+use kite_testkit::process::TestProcess;
 
 /// A kite served in a task.
 pub struct Node {
@@ -52,43 +51,30 @@ pub async fn start(name: &str, setup: impl FnOnce(&Kite)) -> Node {
     }
 }
 
-/// A child process killed when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("examples").join(name)
-}
-
 /// Starts the `worker` example (answering after `delay_ms`); returns it, its URL and its
 /// identity.
-pub fn spawn_worker(delay_ms: u64) -> (Proc, String, KiteIdentity) {
-    let mut child = Command::new(example("worker"))
-        .env("KITE_PORT", "0")
+pub fn spawn_worker(delay_ms: u64) -> (TestProcess, String, KiteIdentity) {
+    spawn_worker_env(delay_ms, &[], &[])
+}
+
+/// [`spawn_worker`] with environment variables `set` and `remove`d.
+pub fn spawn_worker_env(
+    delay_ms: u64,
+    set: &[(&str, &str)],
+    remove: &[&str],
+) -> (TestProcess, String, KiteIdentity) {
+    let mut cmd = Command::new(paths::example("worker"));
+    for var in remove {
+        cmd.env_remove(var);
+    }
+    cmd.envs(set.iter().copied());
+    cmd.env("KITE_PORT", "0")
         .env("WORKER_DELAY_MS", delay_ms.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the worker example (built by cargo test)");
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+        .stderr(Stdio::null());
+    let mut proc = TestProcess::spawn("worker", &mut cmd);
+    let line = proc.wait_line(Duration::from_secs(30), |l| {
+        l.starts_with("worker ready on ")
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("ready line in time");
     let rest = line.strip_prefix("worker ready on ").unwrap();
     let (url, id) = rest.split_once(" id ").unwrap();
     let identity = KiteIdentity {
@@ -103,30 +89,17 @@ pub fn spawn_worker(delay_ms: u64) -> (Proc, String, KiteIdentity) {
     (proc, url.to_string(), identity)
 }
 
-/// GET `/metrics` of the kite at `url` (its SockJS URL) over plain HTTP/1.0.
+/// GET `/metrics` of the kite at `url` (its SockJS URL): the OpenMetrics text.
 pub async fn scrape(url: &str) -> String {
-    let base = url.trim_start_matches("http://");
-    let host = base.split('/').next().unwrap();
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("metrics in time")
-        .unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    let r = kite_testkit::http::get(host.parse().unwrap(), "/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let content_type = r.header("content-type").unwrap_or_default();
     assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
+        content_type.contains("application/openmetrics-text"),
+        "{content_type}"
     );
-    assert!(
-        head.to_lowercase().contains("application/openmetrics-text"),
-        "{head}"
-    );
-    body.to_string()
+    r.text()
 }
 
 /// The sum of the samples of `name` whose labels include every pair of `labels`.
@@ -157,16 +130,4 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sum
 }
 
-/// Polls `f` every few milliseconds until it is true or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+pub use kite_testkit::wait::eventually;

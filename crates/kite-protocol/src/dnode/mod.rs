@@ -221,6 +221,31 @@ impl Callbacks {
     pub fn invalid_ids(&self) -> &[u64] {
         &self.invalid
     }
+
+    /// Appends the usable entries as the JSON object of a message's `callbacks` key
+    /// (`{"<id>":[path...],...}`, wire order).
+    pub fn encode_into(&self, out: &mut String) {
+        out.push('{');
+        for (i, (id, path)) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "\"{id}\":[");
+            for (j, e) in path.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                match e {
+                    PathElement::Key(k) => write_json_string(out, k),
+                    PathElement::Index(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                }
+            }
+            out.push(']');
+        }
+        out.push('}');
+    }
 }
 
 impl FromIterator<(u64, Path)> for Callbacks {
@@ -387,26 +412,9 @@ impl Message {
             }
         }
         // `Value`'s Display is its compact JSON text; writing to a String cannot fail.
-        let _ = write!(out, ",\"arguments\":{},\"callbacks\":{{", self.arguments);
-        for (i, (id, path)) in self.callbacks.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "\"{id}\":[");
-            for (j, e) in path.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                match e {
-                    PathElement::Key(k) => write_json_string(out, k),
-                    PathElement::Index(n) => {
-                        let _ = write!(out, "{n}");
-                    }
-                }
-            }
-            out.push(']');
-        }
-        out.push_str("}}");
+        let _ = write!(out, ",\"arguments\":{},\"callbacks\":", self.arguments);
+        self.callbacks.encode_into(out);
+        out.push('}');
     }
 
     /// Replaces every callback path's value with a callback marker ([`unscrub`]), then

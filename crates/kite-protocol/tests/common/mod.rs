@@ -1,10 +1,9 @@
-//! Helpers shared by the integration tests: reading the wire captures in `tests/vectors/`
+//! Helpers shared by the integration tests: reading the wire captures in `crates/kite-testkit/vectors/`
 //! and checking Go's messages against our encoder.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use kite_protocol::dnode::{
     self, function_marker, parse_callback_marker, Callbacks, Limits, Message, Method,
@@ -52,15 +51,7 @@ pub struct Event {
     pub request_path: String,
 }
 
-pub fn vector_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/vectors")
-        .join(name)
-}
-
-pub fn read_vector(name: &str) -> String {
-    std::fs::read_to_string(vector_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
+pub use kite_testkit::vectors::read as read_vector;
 
 /// Parses a capture file's wire log.
 pub fn parse_capture(name: &str) -> Vec<Event> {

@@ -2,9 +2,8 @@
 //! discovery with tokens and token renewal, key look-up and watching.
 //!
 //! Every kite can act as a Kontrol client. [`Kite::kontrol`] returns the kite's
-//! [`KontrolClient`] (one per kite: one connection to `config.kontrol_url`, authenticated
-//! with the kite key as `kiteKey` credential); the same operations are also methods of
-//! [`Kite`] itself:
+//! [`KontrolClient`] (one per kite: one connection to Kontrol, authenticated with the kite
+//! key as `kiteKey` credential); the same operations are also methods of [`Kite`] itself:
 //!
 //! | Method | Wire |
 //! |---|---|
@@ -15,6 +14,17 @@
 //! | [`Kite::get_token`] | `getToken` `[{7 fields}]` (`"force": true` with [`KontrolClient::get_token_force`]) |
 //! | [`Kite::get_key`] | `getKey` `[]` → Kontrol's public key (adopted) |
 //! | [`Kite::watch_kites`] | `getKites` with a `watchCallback` function → a [`Watcher`] stream of REGISTER / DEREGISTER events |
+//!
+//! **Several Kontrols.** Kontrols sharing one PostgreSQL or etcd form one registry. Give a
+//! kite all of them ([`Config::kontrol_urls`](crate::Config::kontrol_urls), or
+//! `KITE_KONTROL_URL=http://a:4000/kite,http://b:4000/kite`; `kontrol_url` stays the
+//! primary): every connection attempt goes to the next URL of
+//! [`Config::kontrol_url_list`](crate::Config::kontrol_url_list) in turn (a working one is
+//! retried first after a drop), with the reconnect back-off between attempts; one-shot
+//! calls try each URL once. After every reconnect the kite registers again (same id and
+//! URL) and logs the Kontrol it is on ([`KontrolClient::url`]); watches re-watch and
+//! reconcile ([`Watcher`]); HTTP registration tries the URLs in turn and moves on when a
+//! heartbeat gets no answer.
 //!
 //! Keys Kontrol hands back (`publicKey`, `kiteKey` in a RegisterResult; `getKey`) are
 //! adopted in memory: the kite then trusts the new Kontrol key for tokens, and the Kontrol
@@ -41,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+mod failover;
 mod http;
 mod renew;
 mod watch;
@@ -63,6 +74,7 @@ use crate::error::KiteError;
 use crate::kite::{Core, Kite};
 use crate::protocol::{Kite as KiteIdentity, KontrolQuery};
 use crate::request::Auth;
+use failover::lock as lock_rotation;
 
 pub use watch::{WatchAction, WatchEvent, Watcher};
 
@@ -188,6 +200,15 @@ pub(crate) struct KontrolState {
     /// Round-robin positions per query.
     round_robin: Mutex<HashMap<String, usize>>,
     closed: AtomicBool,
+    /// Which Kontrol of the URL list the kite connection uses / tries next.
+    rotation: Arc<Mutex<failover::Rotation>>,
+    /// Which Kontrol the HTTP registration uses / tries next.
+    http_rotation: Mutex<failover::Rotation>,
+    /// Bumped after every successful connection to Kontrol (and on close): watchers wait
+    /// on it to watch again.
+    connected_gen: tokio::sync::watch::Sender<u64>,
+    /// Reconnecting (`dial_forever`) was switched on for the Kontrol connection.
+    reconnecting: AtomicBool,
 }
 
 impl fmt::Debug for KontrolState {
@@ -232,6 +253,10 @@ impl KontrolState {
             tasks: Mutex::new(Vec::new()),
             round_robin: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            rotation: Arc::new(Mutex::new(failover::Rotation::default())),
+            http_rotation: Mutex::new(failover::Rotation::default()),
+            connected_gen: tokio::sync::watch::channel(0).0,
+            reconnecting: AtomicBool::new(false),
         }
     }
 
@@ -296,8 +321,9 @@ impl fmt::Debug for KontrolClient {
 }
 
 impl Kite {
-    /// The kite's Kontrol client (created on first use; one per kite). It talks to
-    /// `config.kontrol_url` with the kite key as `kiteKey` credential.
+    /// The kite's Kontrol client (created on first use; one per kite). It talks to the
+    /// Kontrols of `config.kontrol_url_list()` (in turn, failing over) with the kite key as
+    /// `kiteKey` credential.
     pub fn kontrol(&self) -> KontrolClient {
         self.sync();
         KontrolClient::of(&self.core)
@@ -371,6 +397,12 @@ fn query_key(query: &KontrolQuery) -> String {
     query.values().join("\u{0}")
 }
 
+fn no_kontrol_url() -> KiteError {
+    KiteError::generic(
+        "no Kontrol URL configured (set KITE_KONTROL_URL or use a kite.key that names one)",
+    )
+}
+
 /// `http://host:4000/kite` → `http://host:4000` (PROTOCOL.md 8.2).
 pub(crate) fn http_base(kontrol_url: &str) -> String {
     let trimmed = kontrol_url.trim_end_matches('/');
@@ -411,9 +443,23 @@ impl KontrolClient {
             .unwrap_or_else(|| self.core.config().timeout)
     }
 
-    /// The Kontrol URL in use (`config.kontrol_url`).
+    /// The Kontrol URL in use: the one the kite connection last reached, else the one it
+    /// tries next (the first of [`urls`](Self::urls) before any attempt).
     pub fn url(&self) -> String {
-        self.core.config().kontrol_url.clone()
+        let list = self.urls();
+        let rotation = failover::lock(&self.state.rotation);
+        match rotation.connected() {
+            Some(url) => url.to_owned(),
+            None => rotation
+                .peek(&list)
+                .unwrap_or_else(|| self.core.config().kontrol_url.clone()),
+        }
+    }
+
+    /// Every Kontrol this client may use, in the order it tries them
+    /// ([`Config::kontrol_url_list`](crate::Config::kontrol_url_list)).
+    pub fn urls(&self) -> Vec<String> {
+        self.core.config().kontrol_url_list()
     }
 
     /// The client connected (or connecting) to Kontrol, created on first use. Fails when no
@@ -426,38 +472,46 @@ impl KontrolClient {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = self.core.config();
-        if config.kontrol_url.is_empty() {
-            return Err(KiteError::generic(
-                "no Kontrol URL configured (set KITE_KONTROL_URL or use a kite.key that names one)",
-            ));
-        }
-        let client = Client::new(self.core.clone(), config.kontrol_url.clone());
+        let Some(first) = self.urls().into_iter().next() else {
+            return Err(no_kontrol_url());
+        };
+        let client = Client::new(self.core.clone(), first);
+        client.set_connector(failover::FailoverConnector {
+            inner: crate::transport::default_connector(&self.core),
+            core: Arc::downgrade(&self.core),
+            rotation: self.state.rotation.clone(),
+        });
         let weak = Arc::downgrade(&self.state);
         let core = Arc::downgrade(&self.core);
         client.on_connect(move |conn| {
             let (Some(state), Some(core)) = (weak.upgrade(), core.upgrade()) else {
                 return;
             };
-            let Some(url) = lock(&state.registered_url).clone() else {
+            let me = KontrolClient { core, state };
+            let kontrol = me.url();
+            info!(kontrol = %kontrol, "connected to Kontrol");
+            me.state
+                .connected_gen
+                .send_modify(|g| *g = g.wrapping_add(1));
+            let Some(url) = lock(&me.state.registered_url).clone() else {
                 return;
             };
-            info!(kontrol = %core.config().kontrol_url, "reconnected to Kontrol, registering again");
-            let me = KontrolClient { core, state };
+            info!(kontrol = %kontrol, "registering again after the reconnect");
+            let state = me.state.clone();
             let conn = conn.clone();
             let task = tokio::spawn(async move { me.reregister_on(conn, url).await });
-            if let Some(state) = weak.upgrade() {
-                state.track(task.abort_handle());
-            }
+            state.track(task.abort_handle());
         });
         let weak = Arc::downgrade(&self.state);
+        let core = Arc::downgrade(&self.core);
         client.on_disconnect(move || {
+            let (Some(state), Some(core)) = (weak.upgrade(), core.upgrade()) else {
+                return;
+            };
             // Not worth a warning when the Kontrol client was closed on purpose.
-            if weak
-                .upgrade()
-                .is_some_and(|s| !s.closed.load(Ordering::SeqCst))
-            {
-                warn!("disconnected from Kontrol");
+            if !state.closed.load(Ordering::SeqCst) {
+                let me = KontrolClient { core, state };
+                warn!(kontrol = %me.url(), "disconnected from Kontrol");
             }
         });
         *slot = Some(client.clone());
@@ -485,7 +539,8 @@ impl KontrolClient {
         }
     }
 
-    /// Connects once if not connected (errors name the URL).
+    /// Connects if not connected: one attempt per configured Kontrol, in turn (errors
+    /// name the URLs).
     async fn connected(&self) -> Result<Connection, KiteError> {
         let client = self.client()?;
         if let Some(c) = client.connection() {
@@ -496,32 +551,51 @@ impl KontrolClient {
             .limits()
             .dial_timeout
             .min(self.timeout().max(Duration::from_secs(1)));
-        client.dial_timeout(timeout).await.map_err(|e| {
-            KiteError::new(
-                e.kind.clone(),
-                format!(
-                    "cannot connect to Kontrol at {}: {}",
-                    client.url(),
-                    e.message
-                ),
-            )
-        })?;
-        client.connection().ok_or_else(KiteError::disconnect)
+        let urls = self.urls();
+        let mut last = KiteError::disconnect();
+        for _ in 0..urls.len().max(1) {
+            match client.dial_timeout(timeout).await {
+                Ok(()) => {
+                    if let Some(c) = client.connection() {
+                        return Ok(c);
+                    }
+                }
+                Err(e) => last = e,
+            }
+            if let Some(c) = client.connection() {
+                return Ok(c);
+            }
+        }
+        Err(KiteError::new(
+            last.kind.clone(),
+            format!(
+                "cannot connect to Kontrol ({}): {}",
+                urls.join(", "),
+                last.message
+            ),
+        ))
+    }
+
+    /// Switches reconnecting on for the Kontrol connection (once) and returns the future
+    /// of `dial_forever`.
+    fn enable_reconnect(&self, client: &Client) -> impl Future<Output = ()> + Send + 'static {
+        self.state.reconnecting.store(true, Ordering::SeqCst);
+        client.dial_forever()
     }
 
     /// Connects with reconnection enabled, waiting at most the call timeout.
     async fn connected_forever(&self) -> Result<Connection, KiteError> {
         let client = self.client()?;
         let timeout = self.timeout();
-        if tokio::time::timeout(timeout, client.dial_forever())
+        if tokio::time::timeout(timeout, self.enable_reconnect(&client))
             .await
             .is_err()
         {
             return Err(KiteError::new(
                 crate::error::types::TIMEOUT,
                 format!(
-                    "cannot connect to Kontrol at {} (still trying)",
-                    client.url()
+                    "cannot connect to Kontrol ({}) (still trying)",
+                    self.urls().join(", ")
                 ),
             ));
         }
@@ -555,7 +629,7 @@ impl KontrolClient {
         let result: RegisterResult = response.decode()?;
         *lock(&self.state.registered_url) = Some(url.to_string());
         self.adopt(&result);
-        info!(url = %result.url, kite = %self.core.identity(), "registered to Kontrol");
+        info!(url = %result.url, kite = %self.core.identity(), kontrol = %self.url(), "registered to Kontrol");
         self.registered(&result);
         Ok(result)
     }
@@ -579,6 +653,11 @@ impl KontrolClient {
     /// Registers `url`, retrying every [`KontrolSettings::register_retry`] until it works
     /// (work runs in the background at once; the returned future completes with the first
     /// successful result, awaiting it is optional). Re-registers after every reconnect.
+    ///
+    /// With several Kontrols configured ([`urls`](Self::urls)), every connection attempt
+    /// goes to the next one in turn (with the reconnect back-off between attempts), so
+    /// when the Kontrol the kite is on dies, the kite reconnects to another one and
+    /// registers there again, keeping its id and URL; the Kontrol in use is logged.
     pub fn register_forever(&self, url: &str) -> impl Future<Output = RegisterResult> + Send {
         let me = self.clone();
         let url = url.to_string();
@@ -669,10 +748,15 @@ impl KontrolClient {
 
     /// Heartbeats every `interval` seconds; on `registeragain`, registers again with
     /// back-off and goes on with the new interval.
+    ///
+    /// Heartbeats go to the Kontrol that took the registration. With several Kontrols
+    /// configured, a heartbeat that fails (no answer) makes the kite register again with
+    /// the next Kontrol; with one, it is only logged (as Go).
     async fn http_heartbeat_loop(&self, url: String, mut interval: u64) {
-        let base = http_base(&self.core.config().kontrol_url);
         let id = self.core.identity().id;
         loop {
+            let kontrol = self.http_url();
+            let base = http_base(&kontrol);
             let every = Duration::from_secs(interval.max(1));
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -681,11 +765,21 @@ impl KontrolClient {
                 match http::heartbeat(&base, &id, self.timeout()).await {
                     Ok(body) if body == "pong" => debug!("HTTP heartbeat: pong"),
                     Ok(body) if body == "registeragain" => {
-                        info!("Kontrol asks to register again");
+                        info!(kontrol = %kontrol, "Kontrol asks to register again");
                         break;
                     }
                     Ok(other) => warn!("unexpected HTTP heartbeat answer: {other:?}"),
-                    Err(e) => warn!("HTTP heartbeat failed: {e}"),
+                    Err(e) if self.urls().len() > 1 => {
+                        warn!(kontrol = %kontrol, "HTTP heartbeat failed: {e}; registering with the next Kontrol");
+                        // The next registration attempt starts after this Kontrol.
+                        let list = self.urls();
+                        let mut rotation = lock_rotation(&self.state.http_rotation);
+                        if rotation.peek(&list).as_deref() == Some(kontrol.as_str()) {
+                            rotation.take(&list);
+                        }
+                        break;
+                    }
+                    Err(e) => warn!(kontrol = %kontrol, "HTTP heartbeat failed: {e}"),
                 }
             }
             interval = self
@@ -695,19 +789,59 @@ impl KontrolClient {
         }
     }
 
-    async fn register_http_once(&self, url: &str) -> Result<RegisterResult, KiteError> {
-        let config = self.core.config();
-        if config.kontrol_url.is_empty() {
-            return Err(KiteError::generic(
-                "no Kontrol URL configured (set KITE_KONTROL_URL or use a kite.key that names one)",
-            ));
+    /// The Kontrol the HTTP registration uses (the last one that took it, else the next
+    /// to try).
+    fn http_url(&self) -> String {
+        let list = self.urls();
+        let rotation = lock_rotation(&self.state.http_rotation);
+        match rotation.connected() {
+            Some(url) if list.iter().any(|u| u == url) => url.to_owned(),
+            _ => rotation
+                .peek(&list)
+                .unwrap_or_else(|| self.core.config().kontrol_url.clone()),
         }
+    }
+
+    /// One HTTP registration: tries each configured Kontrol once, in turn, starting with
+    /// the one the last attempt would use next.
+    async fn register_http_once(&self, url: &str) -> Result<RegisterResult, KiteError> {
+        let list = self.urls();
+        if list.is_empty() {
+            return Err(no_kontrol_url());
+        }
+        let mut last = None;
+        for _ in 0..list.len() {
+            let Some(kontrol) = lock_rotation(&self.state.http_rotation).take(&list) else {
+                break;
+            };
+            match self.register_http_to(&kontrol, url).await {
+                Ok(result) => {
+                    lock_rotation(&self.state.http_rotation).succeeded(&kontrol);
+                    return Ok(result);
+                }
+                Err(e) => {
+                    if list.len() > 1 {
+                        debug!(kontrol = %kontrol, "HTTP registration failed: {e}");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(no_kontrol_url))
+    }
+
+    async fn register_http_to(
+        &self,
+        kontrol: &str,
+        url: &str,
+    ) -> Result<RegisterResult, KiteError> {
+        let config = self.core.config();
         let body = json!({
             "url": url,
             "kite": self.core.identity(),
             "auth": Auth::kite_key(config.kite_key.clone()),
         });
-        let base = http_base(&config.kontrol_url);
+        let base = http_base(kontrol);
         let resp = http::post_json(&format!("{base}/register"), &body, self.timeout()).await?;
         let parsed: HttpRegisterResult = serde_json::from_slice(&resp.body).map_err(|e| {
             KiteError::generic(format!(
@@ -727,6 +861,7 @@ impl KontrolClient {
         info!(
             url = %result.url,
             interval = result.heartbeat_interval,
+            kontrol = %kontrol,
             "registered to Kontrol over HTTP"
         );
         self.registered(&result);
@@ -889,23 +1024,41 @@ impl KontrolClient {
     /// Watches kites matching `query`: `getKites` with a `watchCallback` function. The
     /// [`Watcher`] holds the kites matching now ([`Watcher::kites`]) and yields a
     /// [`WatchEvent`] each time a matching kite registers or goes away. Dropping it sends
-    /// `cancelWatcher` when Kontrol returned a watcher id. The stream ends when the Kontrol
-    /// connection is lost.
+    /// `cancelWatcher` when Kontrol returned a watcher id. The watch survives a lost
+    /// Kontrol connection: the client reconnects (to the next configured Kontrol, or the
+    /// same one), watches again and reconciles — see [`Watcher`] for the events this
+    /// produces. The stream ends when the Kontrol client is closed.
     pub async fn watch_kites(&self, query: &KontrolQuery) -> Result<Watcher, KiteError> {
         let conn = self.connected().await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(self.settings().watch_queue.max(1));
+        let (raw_tx, raw_rx) = tokio::sync::mpsc::channel(self.settings().watch_queue.max(1));
+        let result = self.start_watch(&conn, query, raw_tx.clone(), 0).await?;
+        Ok(Watcher::start(
+            self.clone(),
+            query.clone(),
+            conn,
+            result,
+            (raw_tx, raw_rx),
+        ))
+    }
+
+    /// One watching `getKites` on `conn`; its events are queued as `generation`.
+    async fn start_watch(
+        &self,
+        conn: &Connection,
+        query: &KontrolQuery,
+        queue: tokio::sync::mpsc::Sender<watch::Queued>,
+        generation: u64,
+    ) -> Result<GetKitesResult, KiteError> {
         // The function travels inside the argument object (as `"[Function]"`).
         let arg = watch::WatchArgs {
             query: query_value(query),
-            watch_callback: watch::callback(tx),
+            watch_callback: watch::callback(queue, generation),
             who: Value::Null,
         };
         let timeout = self.timeout();
-        let result: GetKitesResult = conn
-            .tell_with_timeout("getKites", &(arg,), Some(timeout))
+        conn.tell_with_timeout("getKites", &(arg,), Some(timeout))
             .await?
-            .decode()?;
-        Ok(Watcher::new(rx, result.kites, result.watcher_id, conn))
+            .decode()
     }
 
     /// Stops everything this Kontrol client runs in the background (registration loops,
@@ -913,6 +1066,10 @@ impl KontrolClient {
     /// operations fail.
     pub async fn close(&self) {
         self.state.closed.store(true, Ordering::SeqCst);
+        // Wakes watchers waiting for a reconnect: they see `closed` and end.
+        self.state
+            .connected_gen
+            .send_modify(|g| *g = g.wrapping_add(1));
         if let Some(t) = lock(&self.state.http_task).take() {
             t.abort();
         }

@@ -1,22 +1,30 @@
 //! Watching Kontrol for kites that register or go away (PROTOCOL.md 11.5, Q22): `getKites`
 //! with a `watchCallback` function; Kontrol calls it with one event per change, either as
 //! one object `{"error"|"err": ..., "result": {...}}` or as two arguments `(err, result)`.
+//!
+//! A watch survives the loss of its Kontrol connection: it waits for the Kontrol client to
+//! reconnect (to the next configured Kontrol, or the same one when it returns), watches
+//! again there and reconciles (see [`Watcher`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
 
-use super::KiteWithToken;
+use super::{GetKitesResult, KiteWithToken, KontrolClient};
 use crate::args::Args;
 use crate::callback::Function;
 use crate::connection::Connection;
 use crate::error::KiteError;
-use crate::protocol::Kite as KiteIdentity;
+use crate::protocol::{Kite as KiteIdentity, KontrolQuery};
 
 /// What happened to a watched kite.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -129,15 +137,19 @@ pub(super) struct WatchArgs {
     pub who: Value,
 }
 
+/// An event as queued by a watch callback: the watch generation it belongs to (0 for the
+/// first watch, +1 for each re-watch) and the event.
+pub(super) type Queued = (u64, Result<WatchEvent, KiteError>);
+
 /// The watch callback: forwards each event into the watcher's queue without ever blocking
 /// the Kontrol connection (a full queue drops the event with a warning).
-pub(super) fn callback(tx: mpsc::Sender<Result<WatchEvent, KiteError>>) -> Function {
+pub(super) fn callback(tx: mpsc::Sender<Queued>, generation: u64) -> Function {
     Function::new(move |args: Args| {
         let Some(event) = parse_event(args.raw()) else {
             debug!("ignoring an undecodable watch event: {:?}", args.raw());
             return;
         };
-        match tx.try_send(event) {
+        match tx.try_send((generation, event)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!("watch event queue full: event dropped")
@@ -147,38 +159,103 @@ pub(super) fn callback(tx: mpsc::Sender<Result<WatchEvent, KiteError>>) -> Funct
     })
 }
 
+/// What the watcher handle and its follower task share: the Kontrol-side watch in force
+/// (for `cancelWatcher`) and how often the watch was re-established.
+#[derive(Default)]
+pub(super) struct WatchShared {
+    current: Mutex<Option<(String, Connection)>>,
+    rewatches: AtomicU64,
+}
+
+impl WatchShared {
+    fn set_current(&self, id: Option<String>, conn: &Connection) {
+        *lock(&self.current) = id.map(|id| (id, conn.clone()));
+    }
+
+    fn take_current(&self) -> Option<(String, Connection)> {
+        lock(&self.current).take()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 /// A running watch: the kites that matched when it started ([`Watcher::kites`]) and a
-/// stream (`futures::Stream`, or [`Watcher::next_event`]) of later events. The stream ends
-/// when the Kontrol connection is lost. Dropping the watcher cancels it on Kontrol
-/// (`cancelWatcher`) when Kontrol gave it an id.
+/// stream (`futures::Stream`, or [`Watcher::next_event`]) of later events. Dropping the
+/// watcher cancels it on Kontrol (`cancelWatcher`) when Kontrol gave it an id.
+///
+/// **Connection loss.** When the Kontrol connection drops, the watch does not end: the
+/// Kontrol client reconnects (watching switches reconnecting on; with several Kontrols
+/// configured it goes to the next one, see
+/// [`KontrolClient::register_forever`](super::KontrolClient::register_forever)), and the
+/// watch is started again there. Events Kontrol sent meanwhile are lost, so on every
+/// re-watch the stream reconciles the consumer's view with the kites matching now:
+///
+/// 1. a `REGISTER` event for **every** kite matching now (with a fresh token), including
+///    kites the consumer already has (treat a REGISTER for a known id as "still there,
+///    possibly with a new URL or token");
+/// 2. a `DEREGISTER` event for every kite the stream had reported (in [`Watcher::kites`]
+///    or by REGISTER events) that no longer matches.
+///
+/// A consumer applying REGISTER as insert-or-replace and DEREGISTER as remove therefore
+/// holds exactly the matching set after each re-watch. [`Watcher::rewatches`] counts the
+/// re-watches. The stream ends only when the Kontrol client is closed
+/// ([`KontrolClient::close`](super::KontrolClient::close)).
 pub struct Watcher {
     rx: mpsc::Receiver<Result<WatchEvent, KiteError>>,
     kites: Vec<KiteWithToken>,
-    id: Option<String>,
-    conn: Option<Connection>,
+    shared: Arc<WatchShared>,
+    task: Option<AbortHandle>,
 }
 
 impl fmt::Debug for Watcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watcher")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("kites", &self.kites.len())
+            .field("rewatches", &self.rewatches())
             .finish()
     }
 }
 
 impl Watcher {
-    pub(super) fn new(
-        rx: mpsc::Receiver<Result<WatchEvent, KiteError>>,
-        kites: Vec<KiteWithToken>,
-        id: Option<String>,
+    /// Starts following a watch that `result` (the answer to the first watching
+    /// `getKites` on `conn`, generation 0) began; `raw` is the callbacks' queue.
+    pub(super) fn start(
+        kontrol: KontrolClient,
+        query: KontrolQuery,
         conn: Connection,
+        result: GetKitesResult,
+        raw: (mpsc::Sender<Queued>, mpsc::Receiver<Queued>),
     ) -> Watcher {
+        let queue = kontrol.settings().watch_queue.max(1);
+        let (tx, rx) = mpsc::channel(queue);
+        let shared = Arc::new(WatchShared::default());
+        shared.set_current(result.watcher_id.clone(), &conn);
+        let follower = Follower {
+            kontrol,
+            query,
+            known: result
+                .kites
+                .iter()
+                .map(|k| (k.kite.id.clone(), (k.kite.clone(), k.url.clone())))
+                .collect(),
+            raw_tx: raw.0,
+            raw_rx: raw.1,
+            tx,
+            shared: shared.clone(),
+            generation: 0,
+        };
+        let task = tokio::spawn(follower.run(conn));
         Watcher {
             rx,
-            kites,
-            id,
-            conn: Some(conn),
+            kites: result.kites,
+            shared,
+            task: Some(task.abort_handle()),
         }
     }
 
@@ -187,21 +264,34 @@ impl Watcher {
         &self.kites
     }
 
-    /// The watcher id Kontrol returned (`watcherID`), if any.
-    pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
+    /// The id Kontrol gave the watch in force (`watcherID`), if any.
+    pub fn id(&self) -> Option<String> {
+        lock(&self.shared.current)
+            .as_ref()
+            .map(|(id, _)| id.clone())
     }
 
-    /// The next event; `None` once the Kontrol connection is lost.
+    /// How many times the watch was started again after a lost Kontrol connection.
+    pub fn rewatches(&self) -> u64 {
+        self.shared.rewatches.load(Ordering::SeqCst)
+    }
+
+    /// The next event; `None` once the Kontrol client is closed.
     pub async fn next_event(&mut self) -> Option<Result<WatchEvent, KiteError>> {
         self.rx.recv().await
     }
 
     /// Stops the watch on Kontrol (`cancelWatcher [id]`) and waits for its answer.
     pub async fn cancel(mut self) -> Result<(), KiteError> {
-        let (Some(id), Some(conn)) = (self.id.take(), self.conn.take()) else {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let Some((id, conn)) = self.shared.take_current() else {
             return Ok(());
         };
+        if conn.is_closed() {
+            return Ok(());
+        }
         conn.tell("cancelWatcher", &(id,)).await.map(|_| ())
     }
 }
@@ -216,7 +306,10 @@ impl futures_util::Stream for Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        let (Some(id), Some(conn)) = (self.id.take(), self.conn.take()) else {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let Some((id, conn)) = self.shared.take_current() else {
             return;
         };
         if conn.is_closed() {
@@ -229,6 +322,166 @@ impl Drop for Watcher {
                 }
             });
         }
+    }
+}
+
+/// The task behind a [`Watcher`]: forwards the events of the watch in force and
+/// re-watches after a lost connection.
+struct Follower {
+    kontrol: KontrolClient,
+    query: KontrolQuery,
+    /// id -> (identity, URL) of the kites the consumer was told about.
+    known: HashMap<String, (KiteIdentity, String)>,
+    raw_tx: mpsc::Sender<Queued>,
+    raw_rx: mpsc::Receiver<Queued>,
+    tx: mpsc::Sender<Result<WatchEvent, KiteError>>,
+    shared: Arc<WatchShared>,
+    generation: u64,
+}
+
+impl Follower {
+    async fn run(mut self, mut conn: Connection) {
+        loop {
+            if !self.forward(&conn).await {
+                return;
+            }
+            warn!(query = %self.query, "the Kontrol connection of a watch was lost; watching again after the reconnect");
+            let Some((new_conn, result)) = self.rewatch().await else {
+                return;
+            };
+            conn = new_conn;
+            self.shared.set_current(result.watcher_id.clone(), &conn);
+            self.shared.rewatches.fetch_add(1, Ordering::SeqCst);
+            info!(query = %self.query, kontrol = %self.kontrol.url(), kites = result.kites.len(), "watching again");
+            if !self.reconcile(result.kites).await {
+                return;
+            }
+        }
+    }
+
+    /// Forwards the events of the current generation until `conn` closes (`true`) or the
+    /// consumer is gone (`false`).
+    async fn forward(&mut self, conn: &Connection) -> bool {
+        loop {
+            tokio::select! {
+                biased;
+                queued = self.raw_rx.recv() => {
+                    // Never `None`: `self.raw_tx` keeps the queue open.
+                    let Some((generation, event)) = queued else { return false };
+                    if generation != self.generation {
+                        continue;
+                    }
+                    if let Ok(e) = &event {
+                        self.note(e);
+                    }
+                    if self.tx.send(event).await.is_err() {
+                        return false;
+                    }
+                }
+                _ = conn.closed() => return true,
+                _ = self.tx.closed() => return false,
+            }
+        }
+    }
+
+    fn note(&mut self, event: &WatchEvent) {
+        match event.action {
+            WatchAction::Register => {
+                self.known.insert(
+                    event.kite.id.clone(),
+                    (event.kite.clone(), event.url.clone()),
+                );
+            }
+            WatchAction::Deregister => {
+                self.known.remove(&event.kite.id);
+            }
+            WatchAction::Other(_) => {}
+        }
+    }
+
+    /// Waits for a Kontrol connection and watches there: `None` when the Kontrol client
+    /// was closed or the consumer is gone.
+    async fn rewatch(&mut self) -> Option<(Connection, GetKitesResult)> {
+        let state = self.kontrol.state.clone();
+        let mut backoff = crate::client::Backoff::new(self.kontrol.settings().register_retry);
+        loop {
+            let mut connected = state.connected_gen.subscribe();
+            connected.borrow_and_update();
+            if state.closed.load(Ordering::SeqCst) || self.tx.is_closed() {
+                return None;
+            }
+            let client = self.kontrol.client().ok()?;
+            if !state.reconnecting.load(Ordering::SeqCst) {
+                // Not awaited: the client reconnects in the background.
+                drop(self.kontrol.enable_reconnect(&client));
+            }
+            let mut pause = None;
+            if let Some(conn) = client.connection().filter(|c| !c.is_closed()) {
+                self.generation = self.generation.wrapping_add(1);
+                match self
+                    .kontrol
+                    .start_watch(&conn, &self.query, self.raw_tx.clone(), self.generation)
+                    .await
+                {
+                    Ok(result) => return Some((conn, result)),
+                    Err(e) => {
+                        debug!(query = %self.query, "watching again failed: {e}");
+                        if !conn.is_closed() {
+                            // Kontrol answered with an error: try again after a pause.
+                            pause = Some(backoff.next_delay());
+                        }
+                    }
+                }
+            }
+            let wait = async {
+                match pause {
+                    Some(p) => {
+                        let _ = tokio::time::timeout(p, connected.changed()).await;
+                    }
+                    None => {
+                        let _ = connected.changed().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wait => {}
+                _ = self.tx.closed() => return None,
+            }
+        }
+    }
+
+    /// Re-emits REGISTER for every kite matching now, then DEREGISTER for the known kites
+    /// that are gone. `false` when the consumer is gone.
+    async fn reconcile(&mut self, kites: Vec<KiteWithToken>) -> bool {
+        let mut now: HashMap<String, (KiteIdentity, String)> = HashMap::with_capacity(kites.len());
+        for k in kites {
+            now.insert(k.kite.id.clone(), (k.kite.clone(), k.url.clone()));
+            let event = WatchEvent {
+                action: WatchAction::Register,
+                kite: k.kite,
+                url: k.url,
+                token: Some(k.token).filter(|t| !t.is_empty()),
+            };
+            if self.tx.send(Ok(event)).await.is_err() {
+                return false;
+            }
+        }
+        let previous = std::mem::replace(&mut self.known, now);
+        for (id, (kite, url)) in previous {
+            if self.known.contains_key(&id) {
+                continue;
+            }
+            let event = WatchEvent {
+                action: WatchAction::Deregister,
+                kite,
+                url,
+                token: None,
+            };
+            if self.tx.send(Ok(event)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 }
 

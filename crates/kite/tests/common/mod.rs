@@ -83,17 +83,8 @@ pub fn client_kite(transport: kite::Transport) -> Kite {
     k
 }
 
-/// Polls `f` until it returns true or `deadline` passes.
-pub async fn eventually(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + deadline;
-    while tokio::time::Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
-}
+#[allow(unused_imports)]
+pub use kite_testkit::wait::eventually;
 
 pub fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
