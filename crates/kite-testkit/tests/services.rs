@@ -1,5 +1,6 @@
 //! The service harness's own contract: the durability option reaches the server, a missing
 //! binary is an error (not a panic), etcd restarts on its ports, and a dropped server stops.
+#![allow(clippy::unwrap_used)]
 
 use std::net::TcpStream;
 use std::path::PathBuf;

@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use rustix::process::Signal;
 
-use super::guardian::Guardian;
 use super::{
-    log_tail, server_dir, stop_child, wait_ready, ServiceError, ATTEMPTS, READY_WITHIN, STOP_GRACE,
+    log_tail, stop_child, wait_ready, ServerDir, ServiceError, ATTEMPTS, READY_WITHIN, STOP_GRACE,
 };
 use crate::net::try_free_port;
 
@@ -43,18 +42,14 @@ pub struct Etcd {
     peer_port: u16,
     program: OsString,
     child: Child,
-    root: PathBuf,
-    guardian: Option<Guardian>,
+    // After `child`: dropped (the directory removed) once the server has stopped.
+    dir: ServerDir,
 }
 
 impl Drop for Etcd {
-    /// Stops the server (SIGTERM) and removes its directory.
+    /// Stops the server (SIGTERM); then its directory goes.
     fn drop(&mut self) {
         stop_child(&mut self.child, Signal::TERM, STOP_GRACE);
-        let _ = std::fs::remove_dir_all(&self.root);
-        if let Some(g) = self.guardian.take() {
-            g.disarm();
-        }
     }
 }
 
@@ -159,45 +154,24 @@ impl Etcd {
         };
         let mut last = None;
         for attempt in 0..ATTEMPTS {
-            let root = server_dir("kite-testkit-etcd-")?;
-            let mut guardian = match Guardian::new(&root, "TERM") {
-                Ok(g) => g,
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&root);
-                    return Err(ServiceError::io("start a guardian shell")(e));
-                }
-            };
-            let ports = try_free_port()
+            let mut dir = ServerDir::new("kite-testkit-etcd-", "TERM")?;
+            let (cport, pport) = try_free_port()
                 .and_then(|c| Ok((c, try_free_port()?)))
-                .map_err(ServiceError::io("find a free port"));
-            let started = ports.and_then(|(cport, pport)| {
-                let mut child = launch(&program, &root, cport, pport, attempt)?;
-                if let Err(e) = guardian.watch_pid(child.id()) {
-                    stop_child(&mut child, Signal::TERM, STOP_GRACE);
-                    return Err(ServiceError::io("talk to the guardian")(e));
-                }
-                Ok((cport, pport, child))
-            });
-            match started {
-                Ok((client_port, peer_port, child)) => {
+                .map_err(ServiceError::io("find a free port"))?;
+            match launch(&program, &dir.path, cport, pport, attempt) {
+                Ok(mut child) => {
+                    dir.watch(&mut child, Signal::TERM)?;
                     return Ok(Etcd {
-                        client_port,
-                        peer_port,
+                        client_port: cport,
+                        peer_port: pport,
                         program,
                         child,
-                        root,
-                        guardian: Some(guardian),
-                    })
+                        dir,
+                    });
                 }
-                Err(e) => {
-                    guardian.disarm();
-                    let _ = std::fs::remove_dir_all(&root);
-                    match e {
-                        // Most likely a port was taken meanwhile: try others.
-                        ServiceError::NotStarted { .. } => last = Some(e),
-                        e => return Err(e),
-                    }
-                }
+                // Most likely a port was taken meanwhile: try others.
+                Err(e @ ServiceError::NotStarted { .. }) => last = Some(e),
+                Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| ServiceError::NotStarted {
@@ -216,22 +190,15 @@ impl Etcd {
     /// healthy.
     pub fn try_restart(&mut self) -> Result<(), ServiceError> {
         stop_child(&mut self.child, Signal::TERM, STOP_GRACE);
-        if let Some(g) = self.guardian.as_mut() {
-            g.forget_pid()
-                .map_err(ServiceError::io("talk to the guardian"))?;
-        }
+        self.dir.forget();
         self.child = launch(
             &self.program,
-            &self.root,
+            &self.dir.path,
             self.client_port,
             self.peer_port,
             0,
         )?;
-        if let Some(g) = self.guardian.as_mut() {
-            g.watch_pid(self.child.id())
-                .map_err(ServiceError::io("talk to the guardian"))?;
-        }
-        Ok(())
+        self.dir.watch(&mut self.child, Signal::TERM)
     }
 
     /// The client port on 127.0.0.1.

@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
 
+use guardian::Guardian;
+
 pub use etcd::{Etcd, EtcdOptions};
 pub use postgres::{Durability, Postgres, PostgresOptions};
 
@@ -99,13 +101,62 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// A fresh directory for a server, removed by the server's drop or its guardian.
-fn server_dir(prefix: &str) -> Result<PathBuf, ServiceError> {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .map(tempfile::TempDir::keep)
-        .map_err(ServiceError::io("create a temporary directory"))
+/// A server's fresh temporary directory and its [`Guardian`]: removed (the guardian
+/// disarmed) when dropped, so a server stops its process in its own `drop` and leaves the
+/// rest to this.
+struct ServerDir {
+    path: PathBuf,
+    guardian: Option<Guardian>,
+}
+
+impl ServerDir {
+    /// Creates the directory (`prefix` + random) and its guardian, which stops the server
+    /// with `signal` (a name such as `TERM`).
+    fn new(prefix: &str, signal: &str) -> Result<ServerDir, ServiceError> {
+        let path = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map(tempfile::TempDir::keep)
+            .map_err(ServiceError::io("create a temporary directory"))?;
+        match Guardian::new(&path, signal) {
+            Ok(g) => Ok(ServerDir {
+                path,
+                guardian: Some(g),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&path);
+                Err(ServiceError::io("start a guardian shell")(e))
+            }
+        }
+    }
+
+    /// Has the guardian stop `child` at exit; if it can't, stops `child` with `signal`.
+    fn watch(&mut self, child: &mut Child, signal: Signal) -> Result<(), ServiceError> {
+        let told = match self.guardian.as_mut() {
+            Some(g) => g.watch_pid(child.id()),
+            None => Ok(()),
+        };
+        told.map_err(|e| {
+            stop_child(child, signal, STOP_GRACE);
+            ServiceError::io("talk to the guardian")(e)
+        })
+    }
+
+    /// The watched server exited (and was reaped).
+    fn forget(&mut self) {
+        if let Some(g) = self.guardian.as_mut() {
+            let _ = g.forget_pid();
+        }
+    }
+}
+
+impl Drop for ServerDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        if let Some(g) = self.guardian.take() {
+            g.disarm();
+        }
+    }
 }
 
 /// The last lines of a log file, for a failure message.

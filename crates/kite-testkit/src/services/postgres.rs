@@ -9,9 +9,8 @@ use std::sync::OnceLock;
 
 use rustix::process::Signal;
 
-use super::guardian::Guardian;
 use super::{
-    is_root, log_tail, run, server_dir, stop_child, wait_ready, ServiceError, ATTEMPTS,
+    is_root, log_tail, run, stop_child, wait_ready, ServerDir, ServiceError, ATTEMPTS,
     READY_WITHIN, STOP_GRACE,
 };
 use crate::net::try_free_port;
@@ -91,18 +90,14 @@ pub fn find_bin_dir() -> Result<PathBuf, ServiceError> {
 pub struct Postgres {
     port: u16,
     child: Child,
-    root: PathBuf,
-    guardian: Option<Guardian>,
+    // After `child`: dropped (the directory removed) once the server has stopped.
+    _dir: ServerDir,
 }
 
 impl Drop for Postgres {
-    /// Stops the server (SIGQUIT: immediate shutdown) and removes its directory.
+    /// Stops the server (SIGQUIT: immediate shutdown); then its directory goes.
     fn drop(&mut self) {
         stop_child(&mut self.child, Signal::QUIT, STOP_GRACE);
-        let _ = std::fs::remove_dir_all(&self.root);
-        if let Some(g) = self.guardian.take() {
-            g.disarm();
-        }
     }
 }
 
@@ -142,27 +137,13 @@ impl Postgres {
             Some(dir) => dir.clone(),
             None => find_bin_dir()?,
         };
-        let root = server_dir("kite-testkit-pg-")?;
-        let mut guardian = match Guardian::new(&root, "QUIT") {
-            Ok(g) => g,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&root);
-                return Err(ServiceError::io("start a guardian shell")(e));
-            }
-        };
-        match launch(&bin, &root, &mut guardian, options) {
-            Ok((port, child)) => Ok(Postgres {
-                port,
-                child,
-                root,
-                guardian: Some(guardian),
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&root);
-                guardian.disarm();
-                Err(e)
-            }
-        }
+        let mut dir = ServerDir::new("kite-testkit-pg-", "QUIT")?;
+        let (port, child) = launch(&bin, &mut dir, options)?;
+        Ok(Postgres {
+            port,
+            child,
+            _dir: dir,
+        })
     }
 
     /// The server's port on 127.0.0.1.
@@ -205,10 +186,11 @@ impl Postgres {
 /// `initdb`, then starts the server on a free port: the port and the running server.
 fn launch(
     bin: &Path,
-    root: &Path,
-    guardian: &mut Guardian,
+    dir: &mut ServerDir,
     options: &PostgresOptions,
 ) -> Result<(u16, Child), ServiceError> {
+    let root = dir.path.clone();
+    let root = root.as_path();
     let as_nobody = is_root();
     if as_nobody {
         std::os::unix::fs::chown(root, Some(NOBODY), Some(NOBODY))
@@ -260,10 +242,7 @@ fn launch(
                 "spawn {}",
                 bin.join("postgres").display()
             )))?;
-        if let Err(e) = guardian.watch_pid(child.id()) {
-            stop_child(&mut child, Signal::QUIT, STOP_GRACE);
-            return Err(ServiceError::io("talk to the guardian")(e));
-        }
+        dir.watch(&mut child, Signal::QUIT)?;
         let isready = bin.join("pg_isready");
         let ready = wait_ready(&mut child, READY_WITHIN, || {
             Command::new(&isready)
@@ -279,7 +258,7 @@ fn launch(
             Err(reason) => {
                 // Most likely the port was taken meanwhile: try another one.
                 stop_child(&mut child, Signal::QUIT, STOP_GRACE);
-                let _ = guardian.forget_pid();
+                dir.forget();
                 last = Some((reason, log_tail(&log_path)));
             }
         }
