@@ -116,7 +116,7 @@ fn launch(
         .map_err(ServiceError::io(format!(
             "spawn {} (set {} to the etcd program)",
             program.to_string_lossy(),
-            PROGRAM_VARS[0]
+            PROGRAM_VARS.join(" or ")
         )))?;
     match wait_ready(&mut child, READY_WITHIN, || healthy(cport)) {
         Ok(()) => Ok(child),

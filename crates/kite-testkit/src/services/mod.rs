@@ -59,13 +59,12 @@ pub enum ServiceError {
     #[error("{0}")]
     NotInstalled(String),
     /// An operating-system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
+        /// The failure (shown in the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// A setup command (e.g. `initdb`) failed.
     #[error("{what} failed ({status}):\n{output}")]
@@ -92,7 +91,7 @@ pub enum ServiceError {
 impl ServiceError {
     fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
         let what = what.into();
-        move |source| ServiceError::Io { what, source }
+        move |error| ServiceError::Io { what, error }
     }
 }
 

@@ -81,7 +81,7 @@ pub fn find_bin_dir() -> Result<PathBuf, ServiceError> {
     Err(ServiceError::NotInstalled(format!(
         "PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/postgres nor \
          /usr/bin/postgres (set {} to its bin directory)",
-        BIN_DIR_VARS[0]
+        BIN_DIR_VARS.join(" or ")
     )))
 }
 
