@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use kite_protocol::{Kite as Identity, KontrolQuery};
+use kite_testkit::services::{Etcd, Postgres};
 use kontrol::storage::{
     self, EmbeddedConfig, EtcdConfig, PostgresConfig, Registration, Storage, StorageConfig,
 };
 
 use crate::plan::{Backend, Plan};
-use crate::services::{Etcd, Postgres};
+use crate::services;
 use crate::stats::Latencies;
 use crate::table::{int, ms, Table};
 use crate::{machine, Findings};
@@ -79,12 +80,12 @@ async fn start(backend: Backend) -> anyhow::Result<(Running, StorageConfig)> {
             (Running::Embedded(dir), config)
         }
         Backend::Postgres => {
-            let pg = tokio::task::spawn_blocking(Postgres::start).await??;
-            let config = StorageConfig::Postgres(PostgresConfig::new(pg.conninfo()));
+            let pg = tokio::task::spawn_blocking(services::postgres).await??;
+            let config = StorageConfig::Postgres(PostgresConfig::new(pg.conninfo("postgres")));
             (Running::Postgres(pg), config)
         }
         Backend::Etcd => {
-            let etcd = tokio::task::spawn_blocking(Etcd::start).await??;
+            let etcd = tokio::task::spawn_blocking(services::etcd).await??;
             let config = StorageConfig::Etcd(EtcdConfig::new([etcd.endpoint()]));
             (Running::Etcd(etcd), config)
         }

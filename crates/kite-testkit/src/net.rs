@@ -5,8 +5,10 @@ use std::net::TcpListener;
 
 /// A TCP port that was free on 127.0.0.1 a moment ago (bound to port 0, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    try_free_port().expect("bind 127.0.0.1:0")
+}
+
+/// [`free_port`], returning the error instead of panicking.
+pub fn try_free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

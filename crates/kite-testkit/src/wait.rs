@@ -17,16 +17,23 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// Polls `ready` every 50 ms on this thread until it returns `Some`; panics naming `what`
 /// after `within`.
-pub fn poll_until<T>(what: &str, within: Duration, mut ready: impl FnMut() -> Option<T>) -> T {
+pub fn poll_until<T>(what: &str, within: Duration, ready: impl FnMut() -> Option<T>) -> T {
+    poll_for(within, ready)
+        .unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
+}
+
+/// Polls `ready` every 50 ms on this thread until it returns `Some` (then that value), or
+/// `None` once `within` has passed: [`poll_until`] for callers that report the timeout
+/// themselves.
+pub fn poll_for<T>(within: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = ready() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }

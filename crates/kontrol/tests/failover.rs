@@ -429,7 +429,7 @@ async fn failover_over_postgres() {
 async fn failover_over_etcd() {
     support::init_tracing();
     // A server of its own: the kontrol binary uses etcd's default key prefix.
-    let server = tokio::task::spawn_blocking(support::etcd::EtcdServer::start)
+    let server = tokio::task::spawn_blocking(kite_testkit::services::Etcd::start)
         .await
         .unwrap();
     let storage = StorageConfig::Etcd(kontrol::storage::EtcdConfig::new([server.endpoint()]));

@@ -9,7 +9,7 @@ support::suite::replica_suite!(support::etcd_env);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_server_stops_on_drop() {
     support::init_tracing();
-    let server = tokio::task::spawn_blocking(support::etcd::EtcdServer::start)
+    let server = tokio::task::spawn_blocking(kite_testkit::services::Etcd::start)
         .await
         .unwrap();
     let mut c = kontrol::storage::EtcdConfig::new([server.endpoint()]);
@@ -19,7 +19,7 @@ async fn dedicated_server_stops_on_drop() {
         .unwrap();
     assert_eq!(s.count().await.unwrap(), 0);
     drop(s);
-    let port = server.client_port;
+    let port = server.client_port();
     tokio::task::spawn_blocking(move || drop(server))
         .await
         .unwrap();
@@ -38,7 +38,7 @@ async fn watch_resumes_after_etcd_restart() {
     use std::time::{Duration, Instant};
     use support::suite::{kite, next_event, q, reg, LONG};
 
-    let mut server = tokio::task::spawn_blocking(support::etcd::EtcdServer::start)
+    let mut server = tokio::task::spawn_blocking(kite_testkit::services::Etcd::start)
         .await
         .unwrap();
     let mut c = EtcdConfig::new([server.endpoint()]);

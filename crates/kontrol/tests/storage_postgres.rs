@@ -51,7 +51,7 @@ async fn oversized_registration_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedicated_server_stops_on_drop() {
     support::init_tracing();
-    let server = tokio::task::spawn_blocking(support::pg::PgServer::start)
+    let server = tokio::task::spawn_blocking(kite_testkit::services::Postgres::start)
         .await
         .unwrap();
     let conninfo = server.conninfo("postgres");
@@ -63,7 +63,7 @@ async fn dedicated_server_stops_on_drop() {
     assert_eq!(one, 1);
     drop(client);
     let _ = driver.await;
-    let port = server.port;
+    let port = server.port();
     tokio::task::spawn_blocking(move || drop(server))
         .await
         .unwrap();
@@ -94,7 +94,7 @@ async fn survives_connection_loss() {
     let s = env.connect().await;
     let mut w = s.watch(&q(&[("name", "math")])).await.unwrap();
 
-    let server = support::pg::PgServer::shared();
+    let server = kite_testkit::services::Postgres::shared();
     let (admin, conn) =
         tokio_postgres::connect(&server.conninfo("postgres"), tokio_postgres::NoTls)
             .await

@@ -1,14 +1,12 @@
-//! Test harness for the storage backends: real servers, fresh isolated stores per test, and
-//! the behavioural suite shared by every backend.
+//! Test harness for the storage backends: real servers (from `kite_testkit::services`),
+//! fresh isolated stores per test, and the behavioural suite shared by every backend.
 #![allow(dead_code, clippy::unwrap_used)]
 
-pub mod etcd;
-pub mod pg;
-pub mod proc;
 pub mod suite;
 
 use std::time::Duration;
 
+use kite_testkit::services::{Etcd, Postgres};
 use kontrol::storage::{EmbeddedConfig, EtcdConfig, PostgresConfig, Storage, StorageConfig};
 
 /// An isolated store for one test: its configuration (connect as often as needed, e.g. to
@@ -54,7 +52,7 @@ pub async fn embedded_env() -> TestEnv {
 
 pub async fn postgres_env() -> TestEnv {
     init_tracing();
-    let server = tokio::task::spawn_blocking(pg::PgServer::shared)
+    let server = tokio::task::spawn_blocking(Postgres::shared)
         .await
         .expect("start postgres");
     let mut c = PostgresConfig::new(server.new_database().await);
@@ -69,7 +67,7 @@ pub async fn postgres_env() -> TestEnv {
 
 pub async fn etcd_env() -> TestEnv {
     init_tracing();
-    let server = tokio::task::spawn_blocking(etcd::EtcdServer::shared)
+    let server = tokio::task::spawn_blocking(Etcd::shared)
         .await
         .expect("start etcd");
     let mut c = EtcdConfig::new([server.endpoint()]);
