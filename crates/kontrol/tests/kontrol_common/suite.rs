@@ -16,7 +16,7 @@ use crate::support::TestEnv;
 /// Instantiates the suite for one backend: `kontrol_suite!(support::embedded_env);`.
 macro_rules! kontrol_suite {
     ($env:path) => {
-        $crate::kontrol_common::suite::kontrol_suite!(@tests $env,
+        $crate::support::backend_tests!($env => kontrol_common::suite {
             register_then_get_kites,
             heartbeats_keep_kites_and_silence_expires_them,
             get_token_rules_and_cache,
@@ -27,20 +27,8 @@ macro_rules! kontrol_suite {
             restart_serves_at_once,
             register_machine_policy,
             get_key_rules,
-        );
+        });
     };
-    (@tests $env:path, $($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let env = $env().await;
-            tokio::time::timeout(
-                std::time::Duration::from_secs(120),
-                $crate::kontrol_common::suite::$name(&env),
-            )
-            .await
-            .expect("test timed out");
-        }
-    )*};
 }
 pub(crate) use kontrol_suite;
 
@@ -48,9 +36,9 @@ pub(crate) use kontrol_suite;
 #[allow(unused_macros)]
 macro_rules! kontrol_replica_suite {
     ($env:path) => {
-        $crate::kontrol_common::suite::kontrol_suite!(@tests $env,
+        $crate::support::backend_tests!($env => kontrol_common::suite {
             replicas_register_find_watch,
-        );
+        });
     };
 }
 #[allow(unused_imports)]

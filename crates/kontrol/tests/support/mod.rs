@@ -6,6 +6,25 @@ pub mod suite;
 
 use std::time::Duration;
 
+/// One `#[tokio::test]` per name: `$env()` gives the test its isolated store and
+/// `$crate::<parent>::<module>::<name>(&env)` runs the body, with a 120 s limit. The behavioural
+/// suites (`support::suite`, `kontrol_common::suite`) instantiate their lists with it.
+macro_rules! backend_tests {
+    ($env:path => $parent:ident::$module:ident { $($name:ident),* $(,)? }) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let env = $env().await;
+            tokio::time::timeout(
+                std::time::Duration::from_secs(120),
+                $crate::$parent::$module::$name(&env),
+            )
+            .await
+            .expect("test timed out");
+        }
+    )*};
+}
+pub(crate) use backend_tests;
+
 use kite_testkit::services::{Etcd, Postgres};
 use kontrol::storage::{EmbeddedConfig, EtcdConfig, PostgresConfig, Storage, StorageConfig};
 

@@ -15,7 +15,7 @@ use super::TestEnv;
 /// Instantiates the suite for one backend: `storage_suite!(support::embedded_env);`.
 macro_rules! storage_suite {
     ($env:path) => {
-        $crate::support::suite::storage_suite!(@tests $env,
+        $crate::support::backend_tests!($env => support::suite {
             upsert_get_refresh_delete,
             query_rules,
             bad_input_is_rejected,
@@ -26,20 +26,8 @@ macro_rules! storage_suite {
             watch_identity_change,
             key_pair_lifecycle,
             concurrent_upserts,
-        );
+        });
     };
-    (@tests $env:path, $($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let env = $env().await;
-            tokio::time::timeout(
-                std::time::Duration::from_secs(120),
-                $crate::support::suite::$name(&env),
-            )
-            .await
-            .expect("test timed out");
-        }
-    )*};
 }
 pub(crate) use storage_suite;
 
@@ -47,11 +35,11 @@ pub(crate) use storage_suite;
 #[allow(unused_macros)]
 macro_rules! replica_suite {
     ($env:path) => {
-        $crate::support::suite::storage_suite!(@tests $env,
+        $crate::support::backend_tests!($env => support::suite {
             replicas_share_records_and_events,
             replicas_share_key_pairs,
             replicas_race_on_one_kite,
-        );
+        });
     };
 }
 #[allow(unused_imports)]
