@@ -177,9 +177,18 @@ fn fast_string_array(text: &str) -> Option<Vec<String>> {
 fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
     let b = text.as_bytes();
     // First pass: find the end, so that the output is allocated once at its final size.
+    // Word at a time: only `"`, `\` and control characters stop the scan.
     let mut i = start;
     let mut escapes = 0;
     loop {
+        while let Some(v) = word_at(b, i) {
+            let m = eq_bytes(v, b'"') | eq_bytes(v, b'\\') | control_bytes(v);
+            if m != 0 {
+                i += first_byte(m);
+                break;
+            }
+            i += 8;
+        }
         match *b.get(i)? {
             b'"' => break,
             b'\\' => {
@@ -195,15 +204,12 @@ fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
         return Some((text[start..end].to_string(), end + 1));
     }
     let mut out = String::with_capacity(end - start - escapes);
+    let body = &b[..end];
     let mut run = start;
     let mut i = start;
-    while i < end {
-        if b[i] != b'\\' {
-            i += 1;
-            continue;
-        }
-        out.push_str(&text[run..i]);
-        out.push(match *b.get(i + 1)? {
+    while let Some(at) = find_backslash(body, i) {
+        out.push_str(&text[run..at]);
+        out.push(match *b.get(at + 1)? {
             b'"' => '"',
             b'\\' => '\\',
             b'/' => '/',
@@ -214,11 +220,68 @@ fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
             b't' => '\t',
             _ => return None,
         });
-        i += 2;
+        i = at + 2;
         run = i;
     }
     out.push_str(&text[run..end]);
     Some((out, end + 1))
+}
+
+/// The index of the first `\` in `b` at or after `i`.
+#[inline]
+fn find_backslash(b: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(v) = word_at(b, i) {
+        let m = eq_bytes(v, b'\\');
+        if m != 0 {
+            return Some(i + first_byte(m));
+        }
+        i += 8;
+    }
+    b.get(i..)?.iter().position(|&c| c == b'\\').map(|p| i + p)
+}
+
+// Byte-parallel tests on eight bytes at a time ("SWAR"): each returns a word with the high
+// bit set in every byte that passes the test, and no other bit. They are exact (no carry
+// crosses a byte), so the lowest set bit locates the first matching byte.
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The eight bytes of `b` from `i`, if there are eight (little-endian: byte `i` lowest).
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    let chunk = b.get(i..i.checked_add(8)?)?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(chunk);
+    Some(u64::from_le_bytes(w))
+}
+
+/// Bytes of `v` equal to zero.
+#[inline(always)]
+fn zero_bytes(v: u64) -> u64 {
+    // Per byte: (low 7 bits + 0x7f) reaches bit 7 unless they are all 0, without a carry
+    // out of the byte; or-ing `v` catches a set bit 7.
+    !(((v & LOW7) + LOW7) | v) & HIGHS
+}
+
+/// Bytes of `v` equal to `c`.
+#[inline(always)]
+fn eq_bytes(v: u64, c: u8) -> u64 {
+    zero_bytes(v ^ (ONES * u64::from(c)))
+}
+
+/// Bytes of `v` below 0x20 (control characters).
+#[inline(always)]
+fn control_bytes(v: u64) -> u64 {
+    // Per byte: (low 7 bits + 0x60) reaches bit 7 iff they are >= 0x20.
+    !(((v & LOW7) + ONES * 0x60) | v) & HIGHS
+}
+
+/// The index of the first byte marked in a non-zero mask.
+#[inline(always)]
+fn first_byte(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
 }
 
 /// Appends an `a[...]` frame holding `messages` to `out`.
@@ -273,22 +336,45 @@ fn sockjs_unsafe(c: char) -> bool {
 /// Appends `s` as a JSON string literal, escaping what JSON and SockJS require.
 pub fn quote_into(s: &str, out: &mut String) {
     out.reserve(s.len() + 2);
-    out.push('"');
+    quote_with(s, |part| out.push_str(part));
+}
+
+/// Writes `s` as a JSON string literal (quotes included), escaping what JSON and SockJS
+/// require, as a sequence of string pieces handed to `push` in order: the same bytes as
+/// [`quote_into`], for an output buffer that is not a `String` (e.g. a byte buffer).
+/// Runs of characters that need no escape are handed over as one piece.
+#[inline]
+pub fn quote_with(s: &str, mut push: impl FnMut(&str)) {
+    push("\"");
     let bytes = s.as_bytes();
     let mut run_start = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        // Byte scan: only ASCII specials and the lead bytes of U+2000..U+2FFF (0xE2) and
-        // U+F000..U+FFFF (0xEF) can need an escape.
-        let (escape, c, len): (Option<&str>, u32, usize) = match bytes[i] {
-            b'"' => (Some("\\\""), 0, 1),
-            b'\\' => (Some("\\\\"), 0, 1),
-            b'\n' => (Some("\\n"), 0, 1),
-            b'\r' => (Some("\\r"), 0, 1),
-            b'\t' => (Some("\\t"), 0, 1),
-            b @ 0..=0x1f => (None, u32::from(b), 1),
+    let mut hex = [0u8; 6];
+    loop {
+        // Skip eight bytes at a time while none can need an escape: only ASCII specials
+        // and the lead bytes of U+2000..U+2FFF (0xE2) and U+F000..U+FFFF (0xEF) can.
+        while let Some(v) = word_at(bytes, i) {
+            let m = eq_bytes(v, b'"')
+                | eq_bytes(v, b'\\')
+                | control_bytes(v)
+                | eq_bytes(v, 0xE2)
+                | eq_bytes(v, 0xEF);
+            if m != 0 {
+                i += first_byte(m);
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = bytes.get(i) else { break };
+        let (escape, len): (&str, usize) = match b {
+            b'"' => ("\\\"", 1),
+            b'\\' => ("\\\\", 1),
+            b'\n' => ("\\n", 1),
+            b'\r' => ("\\r", 1),
+            b'\t' => ("\\t", 1),
+            0..=0x1f => (unicode_escape(u32::from(b), &mut hex), 1),
             0xE2 | 0xEF => match s[i..].chars().next() {
-                Some(c) if sockjs_unsafe(c) => (None, c as u32, c.len_utf8()),
+                Some(c) if sockjs_unsafe(c) => (unicode_escape(c as u32, &mut hex), c.len_utf8()),
                 _ => {
                     i += 1;
                     continue;
@@ -299,18 +385,32 @@ pub fn quote_into(s: &str, out: &mut String) {
                 continue;
             }
         };
-        out.push_str(&s[run_start..i]);
-        match escape {
-            Some(e) => out.push_str(e),
-            None => {
-                let _ = write!(out, "\\u{c:04x}");
-            }
+        if run_start < i {
+            push(&s[run_start..i]);
         }
+        push(escape);
         i += len;
         run_start = i;
     }
-    out.push_str(&s[run_start..]);
-    out.push('"');
+    if run_start < bytes.len() {
+        push(&s[run_start..]);
+    }
+    push("\"");
+}
+
+/// `\uXXXX` (lowercase hex) for a code point below 0x10000, written into `buf`.
+fn unicode_escape(c: u32, buf: &mut [u8; 6]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    *buf = [
+        b'\\',
+        b'u',
+        HEX[(c >> 12 & 0xf) as usize],
+        HEX[(c >> 8 & 0xf) as usize],
+        HEX[(c >> 4 & 0xf) as usize],
+        HEX[(c & 0xf) as usize],
+    ];
+    // Only ASCII was written.
+    std::str::from_utf8(buf).unwrap_or("")
 }
 
 #[cfg(test)]
@@ -442,5 +542,195 @@ mod tests {
         out.clear();
         encode_client_frame(["{\"a\":1}", "b"], &mut out);
         assert_eq!(out, r#"["{\"a\":1}","b"]"#);
+    }
+
+    /// Deterministic pseudo-random numbers (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u32) -> u32 {
+            (self.next() >> 32) as u32 % n
+        }
+    }
+
+    /// A random string mixing plain ASCII runs with every character class the escaping
+    /// rules distinguish.
+    fn random_string(rng: &mut Rng) -> String {
+        let mut s = String::new();
+        let pieces = rng.below(24);
+        for _ in 0..pieces {
+            match rng.below(14) {
+                0..=3 => {
+                    for _ in 0..rng.below(20) {
+                        s.push(char::from(b'a' + rng.below(26) as u8));
+                    }
+                }
+                4 => s.push('"'),
+                5 => s.push('\\'),
+                6 => s.push(char::from(rng.below(0x20) as u8)),
+                7 => s.push(['\n', '\r', '\t', '/', '\u{7f}'][rng.below(5) as usize]),
+                8 => s.extend(char::from_u32(0x2000 + rng.below(0x1000))),
+                9 => s.extend(char::from_u32(0xfff0 + rng.below(0x10))),
+                10 => s.extend(char::from_u32(0xe000 + rng.below(0x2000))),
+                11 => s.push(
+                    ['é', '€', '\u{200b}', '\u{2027}', '\u{2030}', 'ȁ'][rng.below(6) as usize],
+                ),
+                12 => s.extend(char::from_u32(0x1_0000 + rng.below(0x2_0000))),
+                _ => s.extend(char::from_u32(0x80 + rng.below(0xd700))),
+            }
+        }
+        s
+    }
+
+    /// Straightforward quoting, one character at a time: what `quote_into` must produce.
+    fn reference_quote(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if matches!(c as u32,
+                    0..=0x1f | 0x200c..=0x200f | 0x2028..=0x202f | 0x2060..=0x206f
+                    | 0xfff0..=0xffff) =>
+                {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Straightforward JSON string unescaping of a literal (quotes included) holding only
+    /// the short escapes: what `fast_string` must produce.
+    fn reference_unquote(literal: &str) -> String {
+        let body = &literal[1..literal.len() - 1];
+        let mut out = String::new();
+        let mut chars = body.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            out.push(match chars.next().unwrap() {
+                'b' => '\u{8}',
+                'f' => '\u{c}',
+                'n' => '\n',
+                'r' => '\r',
+                't' => '\t',
+                other => other,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn word_tests_are_exact_for_every_byte() {
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                // The byte under test among neighbours that pass no test, and among
+                // neighbours that all do (so no carry may leak into or out of its lane).
+                for fill in [b'a', 0u8, b'"', 0xff] {
+                    let mut w = [fill; 8];
+                    w[pos] = b;
+                    let v = u64::from_le_bytes(w);
+                    let lane = 0x80u64 << (pos * 8);
+                    assert_eq!(eq_bytes(v, b'"') & lane != 0, b == b'"', "{b:#x} {pos}");
+                    assert_eq!(eq_bytes(v, 0xE2) & lane != 0, b == 0xE2, "{b:#x} {pos}");
+                    assert_eq!(zero_bytes(v) & lane != 0, b == 0, "{b:#x} {pos}");
+                    assert_eq!(control_bytes(v) & lane != 0, b < 0x20, "{b:#x} {pos}");
+                    assert_eq!(eq_bytes(v, b'"') & !HIGHS, 0);
+                    assert_eq!(control_bytes(v) & !HIGHS, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quoting_and_fast_decoding_match_references_on_random_strings() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut out = String::new();
+        for round in 0..4000 {
+            let core = random_string(&mut rng);
+            // Every offset modulo 8 of the interesting bytes against the word scans.
+            for shift in 0..8 {
+                let s = format!("{}{core}", "x".repeat(shift));
+                out.clear();
+                quote_into(&s, &mut out);
+                let expected = reference_quote(&s);
+                assert_eq!(out, expected, "round {round} shift {shift}: {s:?}");
+                let mut pieces = String::new();
+                quote_with(&s, |p| {
+                    assert!(!p.is_empty());
+                    pieces.push_str(p);
+                });
+                assert_eq!(pieces, expected);
+                assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
+
+                // Decoding: serde_json's quoting uses only short escapes (and `\u00XX` for
+                // the other control characters, which the fast path leaves to serde).
+                let plain = serde_json::to_string(&s).unwrap();
+                let slashed = plain.replace('/', "\\/");
+                for literal in [&plain, &slashed] {
+                    let frame = format!("[{literal},\"{core}tail\",{literal}]");
+                    let fast = fast_string_array(&frame);
+                    let has_u_escape = s
+                        .chars()
+                        .any(|c| c < ' ' && !"\u{8}\u{c}\n\r\t".contains(c));
+                    if has_u_escape {
+                        assert_eq!(fast, None, "{frame:?}");
+                    } else {
+                        let want = reference_unquote(literal);
+                        assert_eq!(want, s);
+                        if core.contains(['"', '\\']) || core.contains(|c: char| c < ' ') {
+                            // The raw core is not a valid literal body.
+                        } else {
+                            assert_eq!(
+                                fast.as_deref(),
+                                Some(&[s.clone(), format!("{core}tail"), s.clone()][..]),
+                                "{frame:?}"
+                            );
+                        }
+                        let (one, next) = fast_string(literal, 1).unwrap();
+                        assert_eq!(one, s);
+                        assert_eq!(next, literal.len());
+                    }
+                    assert_eq!(
+                        decode_client_frame(&frame).ok(),
+                        serde_json::from_str::<Vec<String>>(&frame).ok(),
+                        "{frame:?}"
+                    );
+                }
+                // A frame of our own quoting decodes back (via serde for `\u` escapes).
+                let frame = format!("a[{out},{out}]");
+                assert_eq!(
+                    decode_server_frame(&frame).unwrap(),
+                    ServerFrame::Messages(vec![s.clone(), s.clone()])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_decoding_stops_at_truncation_at_every_offset() {
+        let literal = serde_json::to_string("ab\"c\\d/é\u{2028}xxxxxxxxxxxxxxxx\"").unwrap();
+        for cut in 0..literal.len() {
+            if !literal.is_char_boundary(cut) {
+                continue;
+            }
+            let frame = format!("[{}", &literal[..cut]);
+            assert_eq!(fast_string_array(&frame), None, "{frame:?}");
+            assert!(decode_client_frame(&frame).is_err(), "{frame:?}");
+        }
     }
 }
