@@ -135,11 +135,42 @@ pub fn decode_client_frame(frame: &str) -> Result<Vec<String>, FrameError> {
     }
 }
 
+/// [`decode_client_frame`] into a reused vector: the messages are appended to `out`. On an
+/// error `out` is left as it was.
+pub fn decode_client_frame_into(frame: &str, out: &mut Vec<String>) -> Result<(), FrameError> {
+    let trimmed = frame.trim_start();
+    match trimmed.as_bytes().first() {
+        None => Ok(()),
+        Some(b'[') => {
+            let before = out.len();
+            if fast_string_array_into(trimmed, out).is_some() {
+                return Ok(());
+            }
+            out.truncate(before);
+            let messages = serde_json::from_str::<Vec<String>>(trimmed)
+                .map_err(|e| FrameError::Malformed(e.to_string()))?;
+            out.extend(messages);
+            Ok(())
+        }
+        Some(_) => {
+            out.extend(decode_client_frame(trimmed)?);
+            Ok(())
+        }
+    }
+}
+
 /// Decodes a JSON array of strings in one pass, each string unescaped straight into a
 /// `String` of its exact size: the common frame (no `\\u` escapes, no unusual
 /// whitespace). `None` for anything else, which the caller hands to `serde_json` (same
 /// result or error as before, just slower).
 fn fast_string_array(text: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    fast_string_array_into(text, &mut out)?;
+    Some(out)
+}
+
+/// [`fast_string_array`], appending to `out` (which holds garbage on `None`).
+fn fast_string_array_into(text: &str, out: &mut Vec<String>) -> Option<()> {
     let b = text.as_bytes();
     let skip_ws = |mut i: usize| {
         while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
@@ -152,9 +183,8 @@ fn fast_string_array(text: &str) -> Option<Vec<String>> {
         return None;
     }
     i = skip_ws(i + 1);
-    let mut out = Vec::new();
     if b.get(i) == Some(&b']') {
-        return (skip_ws(i + 1) == b.len()).then_some(out);
+        return (skip_ws(i + 1) == b.len()).then_some(());
     }
     loop {
         if b.get(i) != Some(&b'"') {
@@ -165,7 +195,7 @@ fn fast_string_array(text: &str) -> Option<Vec<String>> {
         i = skip_ws(next);
         match b.get(i)? {
             b',' => i = skip_ws(i + 1),
-            b']' => return (skip_ws(i + 1) == b.len()).then_some(out),
+            b']' => return (skip_ws(i + 1) == b.len()).then_some(()),
             _ => return None,
         }
     }
@@ -203,41 +233,51 @@ fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
     if escapes == 0 {
         return Some((text[start..end].to_string(), end + 1));
     }
-    let mut out = String::with_capacity(end - start - escapes);
-    let body = &b[..end];
-    let mut run = start;
+    // Second pass, a word at a time: each word is appended whole and the part after a
+    // backslash cut off again (cheaper than copying runs of varying length); the slack
+    // of 8 bytes keeps the overshoot from reallocating.
+    let mut out: Vec<u8> = Vec::with_capacity(end - start - escapes + 8);
     let mut i = start;
-    while let Some(at) = find_backslash(body, i) {
-        out.push_str(&text[run..at]);
-        out.push(match *b.get(at + 1)? {
-            b'"' => '"',
-            b'\\' => '\\',
-            b'/' => '/',
-            b'b' => '\u{8}',
-            b'f' => '\u{c}',
-            b'n' => '\n',
-            b'r' => '\r',
-            b't' => '\t',
-            _ => return None,
-        });
-        i = at + 2;
-        run = i;
+    while i + 8 <= end {
+        let v = word_at(b, i)?;
+        out.extend_from_slice(&v.to_le_bytes());
+        let m = eq_bytes(v, b'\\');
+        if m == 0 {
+            i += 8;
+            continue;
+        }
+        let k = first_byte(m);
+        out.truncate(out.len() - 8 + k);
+        out.push(unescape(*b.get(i + k + 1)?)?);
+        i += k + 2;
     }
-    out.push_str(&text[run..end]);
-    Some((out, end + 1))
+    while i < end {
+        if b[i] == b'\\' {
+            out.push(unescape(*b.get(i + 1)?)?);
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    // Only ASCII backslash escapes were replaced by ASCII bytes, so this holds.
+    String::from_utf8(out).ok().map(|out| (out, end + 1))
 }
 
-/// The index of the first `\` in `b` at or after `i`.
+/// The byte a short JSON escape `\\c` stands for; `None` for `\\u` and invalid escapes.
 #[inline]
-fn find_backslash(b: &[u8], mut i: usize) -> Option<usize> {
-    while let Some(v) = word_at(b, i) {
-        let m = eq_bytes(v, b'\\');
-        if m != 0 {
-            return Some(i + first_byte(m));
-        }
-        i += 8;
-    }
-    b.get(i..)?.iter().position(|&c| c == b'\\').map(|p| i + p)
+fn unescape(c: u8) -> Option<u8> {
+    Some(match c {
+        b'"' => b'"',
+        b'\\' => b'\\',
+        b'/' => b'/',
+        b'b' => 8,
+        b'f' => 12,
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        _ => return None,
+    })
 }
 
 // Byte-parallel tests on eight bytes at a time ("SWAR"): each returns a word with the high
@@ -396,6 +436,107 @@ pub fn quote_with(s: &str, mut push: impl FnMut(&str)) {
         push(&s[run_start..]);
     }
     push("\"");
+}
+
+/// A growable byte buffer that [`quote_into_buf`] appends to (e.g. `Vec<u8>`; wrap other
+/// buffer types in a small adapter).
+pub trait FrameBuf {
+    /// Bytes held.
+    fn len(&self) -> usize;
+    /// Whether no bytes are held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Makes room for at least `additional` more bytes.
+    fn reserve(&mut self, additional: usize);
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+    /// Shortens the buffer to `len` bytes (never longer than it is).
+    fn truncate(&mut self, len: usize);
+}
+
+impl FrameBuf for Vec<u8> {
+    #[inline]
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    #[inline]
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional)
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes)
+    }
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len)
+    }
+}
+
+/// Appends `s` to a byte buffer as a JSON string literal: the same bytes as
+/// [`quote_into`] (valid UTF-8), written a word at a time. Meant for frames assembled in
+/// byte buffers that are sent as they are.
+#[inline]
+pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
+    let b = s.as_bytes();
+    // Room for the common case (a dnode JSON text: one quote to escape in ~6 bytes) plus
+    // the overshoot of a word.
+    out.reserve(b.len() + b.len() / 4 + 12);
+    out.put(b"\"");
+    let mut i = 0;
+    while let Some(v) = word_at(b, i) {
+        // The whole word goes out; when it holds a byte that may need an escape, what
+        // follows that byte is cut off again (cheaper than copying runs of varying length).
+        out.put(&v.to_le_bytes());
+        let m = eq_bytes(v, b'"')
+            | eq_bytes(v, b'\\')
+            | control_bytes(v)
+            | eq_bytes(v, 0xE2)
+            | eq_bytes(v, 0xEF);
+        if m == 0 {
+            i += 8;
+            continue;
+        }
+        let k = first_byte(m);
+        let len = out.len();
+        out.truncate(len - 8 + k);
+        i = escape_at(s, i + k, out);
+    }
+    while let Some(&c) = b.get(i) {
+        if matches!(c, b'"' | b'\\' | 0..=0x1f | 0xE2 | 0xEF) {
+            i = escape_at(s, i, out);
+        } else {
+            out.put(&[c]);
+            i += 1;
+        }
+    }
+    out.put(b"\"");
+}
+
+/// Writes the byte of `s` at `i` (a character boundary), escaped if needed; returns the
+/// index after what was consumed.
+#[inline]
+fn escape_at<B: FrameBuf + ?Sized>(s: &str, i: usize, out: &mut B) -> usize {
+    let b = s.as_bytes();
+    let mut hex = [0u8; 6];
+    match b[i] {
+        b'"' => out.put(b"\\\""),
+        b'\\' => out.put(b"\\\\"),
+        b'\n' => out.put(b"\\n"),
+        b'\r' => out.put(b"\\r"),
+        b'\t' => out.put(b"\\t"),
+        c @ 0..=0x1f => out.put(unicode_escape(u32::from(c), &mut hex).as_bytes()),
+        c @ (0xE2 | 0xEF) => match s.get(i..).and_then(|r| r.chars().next()) {
+            Some(ch) if sockjs_unsafe(ch) => {
+                out.put(unicode_escape(ch as u32, &mut hex).as_bytes());
+                return i + ch.len_utf8();
+            }
+            _ => out.put(&[c]),
+        },
+        c => out.put(&[c]),
+    }
+    i + 1
 }
 
 /// `\uXXXX` (lowercase hex) for a code point below 0x10000, written into `buf`.
@@ -675,6 +816,9 @@ mod tests {
                     pieces.push_str(p);
                 });
                 assert_eq!(pieces, expected);
+                let mut bytes = b"[1,".to_vec();
+                quote_into_buf(&s, &mut bytes);
+                assert_eq!(&bytes[3..], expected.as_bytes(), "{s:?}");
                 assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
 
                 // Decoding: serde_json's quoting uses only short escapes (and `\u00XX` for
@@ -705,11 +849,13 @@ mod tests {
                         assert_eq!(one, s);
                         assert_eq!(next, literal.len());
                     }
-                    assert_eq!(
-                        decode_client_frame(&frame).ok(),
-                        serde_json::from_str::<Vec<String>>(&frame).ok(),
-                        "{frame:?}"
-                    );
+                    let expected = serde_json::from_str::<Vec<String>>(&frame).ok();
+                    assert_eq!(decode_client_frame(&frame).ok(), expected, "{frame:?}");
+                    let mut into = vec!["before".to_string()];
+                    match decode_client_frame_into(&frame, &mut into) {
+                        Ok(()) => assert_eq!(Some(&into[1..]), expected.as_deref()),
+                        Err(_) => assert_eq!((into.len(), expected), (1, None)),
+                    }
                 }
                 // A frame of our own quoting decodes back (via serde for `\u` escapes).
                 let frame = format!("a[{out},{out}]");

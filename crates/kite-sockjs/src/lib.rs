@@ -5,6 +5,7 @@
 //! outgoing messages and a stream of incoming ones.
 
 pub mod client;
+mod frames;
 mod queue;
 pub mod server;
 pub mod session;

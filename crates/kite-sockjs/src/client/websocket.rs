@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::net::{connect_stream, MaybeTlsStream, Target};
-use super::{encode_batch, session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
+use super::{session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
+use crate::frames::encode_frames;
 use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
 
 type Ws = WebSocketStream<MaybeTlsStream>;
@@ -163,13 +164,13 @@ async fn read_loop(
         };
         match decode_server_frame(text.as_str()) {
             Ok(ServerFrame::Open) | Ok(ServerFrame::Heartbeat) => {}
-            Ok(ServerFrame::Messages(messages)) => {
-                for message in messages {
-                    if inbound.deliver(message).await.is_err() {
-                        return "the receiver was dropped".into();
-                    }
-                    pending.fetch_add(1, Ordering::Relaxed);
+            Ok(ServerFrame::Messages(mut messages)) => {
+                let n = messages.len();
+                // As many at once as there is room for.
+                if inbound.deliver_all(&mut messages).await.is_err() {
+                    return "the receiver was dropped".into();
                 }
+                pending.fetch_add(n, Ordering::Relaxed);
             }
             Ok(ServerFrame::Close { code, reason }) => {
                 return format!("the server closed the session: {code} {reason:?}")
@@ -188,6 +189,8 @@ async fn write_loop(
 ) -> String {
     let mut batch = Vec::with_capacity(16);
     let mut frames = Vec::with_capacity(1);
+    // Where frames are encoded; kept while batches hold several messages.
+    let mut buf = bytes::BytesMut::new();
     loop {
         let more = outbound.next_batch(&mut batch, MAX_BATCH_ITEMS).await;
         // The callers answered by the responses received together send their next calls a
@@ -202,14 +205,19 @@ async fn write_loop(
         let _ = pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
             Some(p.saturating_sub(sent))
         });
-        let close = !more || encode_batch(&mut batch, &mut frames, max_batch_bytes);
+        let close = !more
+            || encode_frames(&mut batch, b"", &mut buf, &mut frames, max_batch_bytes).is_some();
         for frame in frames.drain(..) {
-            if let Err(e) = sink.feed(Message::text(frame)).await {
+            if let Err(e) = sink.feed(Message::Text(frame)).await {
                 return format!("write error: {e}");
             }
         }
         if let Err(e) = sink.flush().await {
             return format!("write error: {e}");
+        }
+        if sent <= 1 {
+            // Not busy: don't hold the frame buffer.
+            buf = bytes::BytesMut::new();
         }
         if close {
             // `run` says goodbye with the closing handshake.

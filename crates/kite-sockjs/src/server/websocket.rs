@@ -30,8 +30,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::adaptive_read::AdaptiveRead;
 use super::http_util;
-use super::xhr::encode_batch;
 use super::{SessionSlot, Shared};
+use crate::frames::encode_frames;
 use crate::session::{
     Outbound, ReceiverGone, Role, Session, SessionInfo, Transport, TransportSide,
 };
@@ -255,7 +255,7 @@ trait FrameIo: Send {
     /// The next text message. Cancel-safe.
     async fn recv(&mut self) -> Recv<Self::Text>;
     /// Writes every frame of `texts` (draining it) and flushes.
-    async fn send_texts(&mut self, texts: &mut Vec<String>) -> Result<(), ()>;
+    async fn send_texts(&mut self, texts: &mut Vec<Utf8Bytes>) -> Result<(), ()>;
     /// A keep-alive for raw connections.
     async fn ping(&mut self) -> Result<(), ()>;
     /// Flushes what is pending (e.g. the reply to the peer's close).
@@ -298,9 +298,9 @@ impl FrameIo for Hybi {
         }
     }
 
-    async fn send_texts(&mut self, texts: &mut Vec<String>) -> Result<(), ()> {
+    async fn send_texts(&mut self, texts: &mut Vec<Utf8Bytes>) -> Result<(), ()> {
         for t in texts.drain(..) {
-            self.ws.feed(Message::text(t)).await.map_err(|_| ())?;
+            self.ws.feed(Message::Text(t)).await.map_err(|_| ())?;
         }
         self.ws.flush().await.map_err(|_| ())
     }
@@ -406,7 +406,7 @@ impl FrameIo for Hixie {
         }
     }
 
-    async fn send_texts(&mut self, texts: &mut Vec<String>) -> Result<(), ()> {
+    async fn send_texts(&mut self, texts: &mut Vec<Utf8Bytes>) -> Result<(), ()> {
         let mut out = Vec::with_capacity(texts.iter().map(|t| t.len() + 2).sum());
         for t in texts.drain(..) {
             out.push(0x00);
@@ -461,7 +461,7 @@ fn ws_close_code(code: u32) -> u16 {
         .unwrap_or(1000)
 }
 
-async fn write<I: FrameIo>(io: &mut I, frames: &mut Vec<String>, p: &Params) -> Result<(), ()> {
+async fn write<I: FrameIo>(io: &mut I, frames: &mut Vec<Utf8Bytes>, p: &Params) -> Result<(), ()> {
     match timeout(p.write_timeout, io.send_texts(frames)).await {
         Ok(r) => r,
         Err(_) => {
@@ -475,21 +475,21 @@ async fn write<I: FrameIo>(io: &mut I, frames: &mut Vec<String>, p: &Params) -> 
 }
 
 /// Moves the messages of `batch` (up to a close request) into `frames`: one `a[...]`
-/// frame (SockJS) or one text frame per message (raw). Returns the close request.
+/// frame (SockJS, encoded in `buf`) or one text frame per message (raw). Returns the
+/// close request.
 fn take_batch(
     batch: &mut Vec<Outbound>,
-    frames: &mut Vec<String>,
+    frames: &mut Vec<Utf8Bytes>,
+    buf: &mut BytesMut,
     sockjs: bool,
 ) -> Option<(u32, String)> {
     if sockjs {
-        let (frame, close) = encode_batch(batch);
-        frames.extend(frame);
-        return close;
+        return encode_frames(batch, b"a", buf, frames, usize::MAX);
     }
     let mut close = None;
     for item in batch.drain(..) {
         match item {
-            Outbound::Message(m) if close.is_none() => frames.push(m),
+            Outbound::Message(m) if close.is_none() => frames.push(Utf8Bytes::from(m)),
             Outbound::Message(_) => {}
             Outbound::Close { code, reason } => {
                 if close.is_none() {
@@ -502,17 +502,21 @@ fn take_batch(
 }
 
 async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: SessionSlot) {
-    let mut frames: Vec<String> = Vec::new();
+    let mut frames: Vec<Utf8Bytes> = Vec::new();
     let mut batch: Vec<Outbound> = Vec::new();
+    // Where `a[...]` frames are encoded; kept while requests are in flight.
+    let mut buf = BytesMut::new();
     if p.sockjs {
-        frames.push(sockjs::OPEN_FRAME.to_string());
+        frames.push(Utf8Bytes::from_static(sockjs::OPEN_FRAME));
         if write(&mut io, &mut frames, &p).await.is_err() {
             return;
         }
     }
     let end = {
         let deliverer = side.deliverer();
-        let mut queue = Vec::new().into_iter();
+        // Decoded messages waiting for room in the user's queue (non-empty only while
+        // `delivering` waits for room for the one taken out of it).
+        let mut incoming: Vec<String> = Vec::new();
         let delivering = Fuse::terminated();
         tokio::pin!(delivering);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + p.heartbeat, p.heartbeat);
@@ -533,12 +537,16 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                         side.try_batch(&mut batch, p.max_batch);
                     }
                     pending = pending.saturating_sub(batch.len());
-                    let close = take_batch(&mut batch, &mut frames, p.sockjs);
+                    let close = take_batch(&mut batch, &mut frames, &mut buf, p.sockjs);
                     if !frames.is_empty() && write(&mut io, &mut frames, &p).await.is_err() {
                         break End::Gone;
                     }
                     if let Some((code, reason)) = close {
                         break End::Close(code, reason);
+                    }
+                    if pending == 0 {
+                        // Nothing in flight: don't hold the frame buffer while idle.
+                        buf = BytesMut::new();
                     }
                 }
                 delivered = &mut delivering, if !delivering.is_terminated() => {
@@ -547,27 +555,35 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                         break End::ReceiverGone;
                     }
                     pending = pending.saturating_add(1);
-                    match queue.next() {
-                        Some(m) => delivering.set(deliverer.deliver(m).fuse()),
+                    match deliverer.try_deliver_from(&mut incoming) {
+                        Ok(n) => pending = pending.saturating_add(n),
+                        Err(ReceiverGone) => break End::ReceiverGone,
+                    }
+                    if incoming.is_empty() {
                         // Don't keep the decoded frame's storage while idle.
-                        None => queue = Vec::new().into_iter(),
+                        incoming = Vec::new();
+                    } else {
+                        delivering.set(deliverer.deliver(incoming.remove(0)).fuse());
                     }
                 }
-                incoming = io.recv(), if delivering.is_terminated() => match incoming {
+                received = io.recv(), if delivering.is_terminated() => match received {
                     Recv::Text(text) => {
                         if p.sockjs {
-                            match sockjs::decode_client_frame(&text) {
-                                Ok(messages) => queue = messages.into_iter(),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "sockjs: malformed frame from a WebSocket client, closing the session");
-                                    break End::Fail(1007, "Broken framing.");
-                                }
-                            }
-                            if let Some(m) = queue.next() {
-                                delivering.set(deliverer.deliver(m).fuse());
+                            if let Err(e) = sockjs::decode_client_frame_into(&text, &mut incoming) {
+                                tracing::warn!(error = %e, "sockjs: malformed frame from a WebSocket client, closing the session");
+                                break End::Fail(1007, "Broken framing.");
                             }
                         } else {
-                            delivering.set(deliverer.deliver(text.to_string()).fuse());
+                            incoming.push(text.to_string());
+                        }
+                        drop(text);
+                        // Everything the frame held at once, as far as there is room.
+                        match deliverer.try_deliver_from(&mut incoming) {
+                            Ok(n) => pending = pending.saturating_add(n),
+                            Err(ReceiverGone) => break End::ReceiverGone,
+                        }
+                        if !incoming.is_empty() {
+                            delivering.set(deliverer.deliver(incoming.remove(0)).fuse());
                         }
                     }
                     Recv::Closed => break End::Gone,
@@ -581,7 +597,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                     side.release_idle();
                     io.release_idle();
                     let r = if p.sockjs {
-                        frames.push(sockjs::HEARTBEAT_FRAME.to_string());
+                        frames.push(Utf8Bytes::from_static(sockjs::HEARTBEAT_FRAME));
                         write(&mut io, &mut frames, &p).await
                     } else {
                         match timeout(p.write_timeout, io.ping()).await {
@@ -595,6 +611,10 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                     // Both are empty between batches: give their storage back.
                     frames = Vec::new();
                     batch = Vec::new();
+                    buf = BytesMut::new();
+                    if incoming.is_empty() {
+                        incoming = Vec::new();
+                    }
                 }
                 _ = deliverer.receiver_closed(), if delivering.is_terminated() => break End::ReceiverGone,
             }
@@ -604,7 +624,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
     let end = match end {
         End::ReceiverGone => {
             side.try_batch(&mut batch, p.max_batch);
-            let close = take_batch(&mut batch, &mut frames, p.sockjs);
+            let close = take_batch(&mut batch, &mut frames, &mut buf, p.sockjs);
             if !frames.is_empty() && write(&mut io, &mut frames, &p).await.is_err() {
                 End::Gone
             } else {
@@ -626,7 +646,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
             if p.sockjs {
                 let mut frame = String::new();
                 sockjs::encode_close(code, &reason, &mut frame);
-                frames.push(frame);
+                frames.push(Utf8Bytes::from(frame));
                 let _ = write(&mut io, &mut frames, &p).await;
             }
             io.close(ws_close_code(code), &reason).await;
@@ -635,7 +655,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
             // What the user had already queued still goes out.
             side.try_batch(&mut batch, p.max_batch);
             drop(side);
-            let _ = take_batch(&mut batch, &mut frames, p.sockjs);
+            let _ = take_batch(&mut batch, &mut frames, &mut buf, p.sockjs);
             if !frames.is_empty() {
                 let _ = write(&mut io, &mut frames, &p).await;
             }
