@@ -264,6 +264,18 @@ fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
     String::from_utf8(out).ok().map(|out| (out, end + 1))
 }
 
+/// Appends bytes `from..to` of word `v` (little-endian lanes; `to <= 8`): the whole word
+/// from `from` is written and cut back.
+#[inline(always)]
+fn put_lanes<B: FrameBuf + ?Sized>(out: &mut B, v: u64, from: usize, to: usize) {
+    if from >= to {
+        return;
+    }
+    let len = out.len();
+    out.put(&(v >> (8 * from)).to_le_bytes());
+    out.truncate(len + (to - from));
+}
+
 /// The byte a short JSON escape `\\c` stands for; `None` for `\\u` and invalid escapes.
 #[inline]
 fn unescape(c: u8) -> Option<u8> {
@@ -486,21 +498,19 @@ pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
     out.put(b"\"");
     let mut i = 0;
     while let Some(v) = word_at(b, i) {
-        // The whole word goes out; when it holds a byte that may need an escape, what
-        // follows that byte is cut off again (cheaper than copying runs of varying length).
-        out.put(&v.to_le_bytes());
-        let m = eq_bytes(v, b'"')
-            | eq_bytes(v, b'\\')
-            | control_bytes(v)
-            | eq_bytes(v, 0xE2)
-            | eq_bytes(v, 0xEF);
-        if m == 0 {
+        // Quotes and backslashes (every few bytes in a dnode JSON text) are handled a word
+        // at a time: the parts between them are appended as whole words cut back to
+        // length, each followed by a backslash (the quote itself starts the next part).
+        let quotes = eq_bytes(v, b'"') | eq_bytes(v, b'\\');
+        let others = control_bytes(v) | eq_bytes(v, 0xE2) | eq_bytes(v, 0xEF);
+        if others == 0 {
+            put_with_backslashes(out, v, quotes, 8);
             i += 8;
             continue;
         }
-        let k = first_byte(m);
-        let len = out.len();
-        out.truncate(len - 8 + k);
+        // Rare: up to the first other byte that may need an escape, then that one.
+        let k = first_byte(others);
+        put_with_backslashes(out, v, quotes & ((1u64 << (8 * k)) - 1), k);
         i = escape_at(s, i + k, out);
     }
     while let Some(&c) = b.get(i) {
@@ -512,6 +522,20 @@ pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
         }
     }
     out.put(b"\"");
+}
+
+/// Appends bytes `0..end` of word `v`, a backslash before each byte marked in `marked`.
+#[inline(always)]
+fn put_with_backslashes<B: FrameBuf + ?Sized>(out: &mut B, v: u64, mut marked: u64, end: usize) {
+    let mut from = 0;
+    while marked != 0 {
+        let k = first_byte(marked);
+        marked &= marked - 1;
+        put_lanes(out, v, from, k);
+        out.put(b"\\");
+        from = k;
+    }
+    put_lanes(out, v, from, end);
 }
 
 /// Writes the byte of `s` at `i` (a character boundary), escaped if needed; returns the
