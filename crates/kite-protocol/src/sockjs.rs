@@ -212,7 +212,7 @@ fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
     let mut escapes = 0;
     loop {
         while let Some(v) = word_at(b, i) {
-            let m = eq_bytes(v, b'"') | eq_bytes(v, b'\\') | control_bytes(v);
+            let m = eq_low(v, b'"') | eq_low(v, b'\\') | control_low(v);
             if m != 0 {
                 i += first_byte(m);
                 break;
@@ -241,7 +241,7 @@ fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
     while i + 8 <= end {
         let v = word_at(b, i)?;
         out.extend_from_slice(&v.to_le_bytes());
-        let m = eq_bytes(v, b'\\');
+        let m = eq_low(v, b'\\');
         if m == 0 {
             i += 8;
             continue;
@@ -323,11 +323,27 @@ fn eq_bytes(v: u64, c: u8) -> u64 {
     zero_bytes(v ^ (ONES * u64::from(c)))
 }
 
-/// Bytes of `v` below 0x20 (control characters).
-#[inline(always)]
+/// Bytes of `v` below 0x20 (control characters). Exact; the reference for [`control_low`].
+#[cfg(test)]
 fn control_bytes(v: u64) -> u64 {
     // Per byte: (low 7 bits + 0x60) reaches bit 7 iff they are >= 0x20.
     !(((v & LOW7) + ONES * 0x60) | v) & HIGHS
+}
+
+// Cheaper forms for when only the lowest marked byte is used: that one is exact (a borrow
+// out of a matching byte can only mark bytes above it, falsely).
+
+/// Bytes of `v` equal to `c`; only the lowest marked byte is certain.
+#[inline(always)]
+fn eq_low(v: u64, c: u8) -> u64 {
+    let x = v ^ (ONES * u64::from(c));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// Bytes of `v` below 0x20; only the lowest marked byte is certain.
+#[inline(always)]
+fn control_low(v: u64) -> u64 {
+    v.wrapping_sub(ONES * 0x20) & !v & HIGHS
 }
 
 /// The index of the first byte marked in a non-zero mask.
@@ -406,11 +422,11 @@ pub fn quote_with(s: &str, mut push: impl FnMut(&str)) {
         // Skip eight bytes at a time while none can need an escape: only ASCII specials
         // and the lead bytes of U+2000..U+2FFF (0xE2) and U+F000..U+FFFF (0xEF) can.
         while let Some(v) = word_at(bytes, i) {
-            let m = eq_bytes(v, b'"')
-                | eq_bytes(v, b'\\')
-                | control_bytes(v)
-                | eq_bytes(v, 0xE2)
-                | eq_bytes(v, 0xEF);
+            let m = eq_low(v, b'"')
+                | eq_low(v, b'\\')
+                | control_low(v)
+                | eq_low(v, 0xE2)
+                | eq_low(v, 0xEF);
             if m != 0 {
                 i += first_byte(m);
                 break;
@@ -502,7 +518,8 @@ pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
         // at a time: the parts between them are appended as whole words cut back to
         // length, each followed by a backslash (the quote itself starts the next part).
         let quotes = eq_bytes(v, b'"') | eq_bytes(v, b'\\');
-        let others = control_bytes(v) | eq_bytes(v, 0xE2) | eq_bytes(v, 0xEF);
+        // Only its lowest byte is used.
+        let others = control_low(v) | eq_low(v, 0xE2) | eq_low(v, 0xEF);
         if others == 0 {
             put_with_backslashes(out, v, quotes, 8);
             i += 8;
@@ -731,9 +748,19 @@ mod tests {
         let pieces = rng.below(24);
         for _ in 0..pieces {
             match rng.below(14) {
-                0..=3 => {
+                0..=1 => {
                     for _ in 0..rng.below(20) {
                         s.push(char::from(b'a' + rng.below(26) as u8));
+                    }
+                }
+                2..=3 => {
+                    // Any printable ASCII, and the neighbours of the special bytes.
+                    for _ in 0..rng.below(12) {
+                        s.push(match rng.below(3) {
+                            0 => char::from(0x20 + rng.below(0x5f) as u8),
+                            _ => ['#', ']', '!', '[', ' ', '!', '\u{e3}', '\u{ee}']
+                                [rng.below(8) as usize],
+                        });
                     }
                 }
                 4 => s.push('"'),
@@ -818,6 +845,34 @@ mod tests {
                     assert_eq!(control_bytes(v) & !HIGHS, 0);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn cheap_word_tests_find_the_first_match_exactly() {
+        let lowest = |m: u64| (m != 0).then(|| first_byte(m));
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let interesting = [
+            0u8, 0x1f, 0x20, b'"', b'\\', 0xE2, 0xEF, 0x80, 0xff, b'a', 0x21,
+        ];
+        for _ in 0..200_000 {
+            let mut w = [0u8; 8];
+            for b in &mut w {
+                *b = if rng.below(2) == 0 {
+                    interesting[rng.below(interesting.len() as u32) as usize]
+                } else {
+                    rng.below(256) as u8
+                };
+            }
+            let v = u64::from_le_bytes(w);
+            for c in [b'"', b'\\', 0xE2, 0xEF, 0] {
+                assert_eq!(lowest(eq_low(v, c)), lowest(eq_bytes(v, c)), "{w:?} {c:#x}");
+            }
+            assert_eq!(lowest(control_low(v)), lowest(control_bytes(v)), "{w:?}");
+            let cheap = eq_low(v, b'"') | eq_low(v, b'\\') | control_low(v) | eq_low(v, 0xE2);
+            let exact =
+                eq_bytes(v, b'"') | eq_bytes(v, b'\\') | control_bytes(v) | eq_bytes(v, 0xE2);
+            assert_eq!(lowest(cheap), lowest(exact), "{w:?}");
         }
     }
 
