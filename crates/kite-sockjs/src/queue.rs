@@ -132,31 +132,6 @@ impl<T> Tx<T> {
         Ok(())
     }
 
-    /// Queues as many items from the front of `items` as there is room for (in order,
-    /// under one lock, with one wake-up); returns how many were taken out of `items`.
-    /// `Err` if the receiver is gone.
-    pub(crate) fn try_send_from(&self, items: &mut Vec<T>) -> Result<usize, ()> {
-        let (n, waker) = {
-            let mut state = self.shared.lock();
-            if state.rx_closed {
-                return Err(());
-            }
-            let n = state
-                .bound
-                .saturating_sub(state.items.len())
-                .min(items.len());
-            if n == 0 {
-                return Ok(0);
-            }
-            state.items.extend(items.drain(..n));
-            (n, state.rx_waker.take())
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Ok(n)
-    }
-
     /// Queues `item`, waiting while the queue is full. Gives it back if the receiver is
     /// gone.
     pub(crate) async fn send(&self, item: T) -> Result<(), T> {
@@ -358,25 +333,6 @@ mod tests {
         assert_eq!(all, [2, 3]);
         drop(tx);
         assert_eq!(rx.recv().await, None);
-    }
-
-    #[tokio::test]
-    async fn sends_many_as_far_as_there_is_room() {
-        let (tx, mut rx) = bounded::<u32>(3);
-        tx.try_send(0).unwrap();
-        let mut items = vec![1, 2, 3, 4];
-        assert_eq!(tx.try_send_from(&mut items), Ok(2));
-        assert_eq!(items, [3, 4]);
-        assert_eq!(tx.try_send_from(&mut items), Ok(0));
-        let mut all = Vec::new();
-        rx.try_take(&mut all, 10);
-        assert_eq!(all, [0, 1, 2]);
-        assert_eq!(tx.try_send_from(&mut items), Ok(2));
-        assert!(items.is_empty());
-        assert_eq!(rx.recv().await, Some(3));
-        assert_eq!(rx.recv().await, Some(4));
-        drop(rx);
-        assert_eq!(tx.try_send_from(&mut vec![5]), Err(()));
     }
 
     #[tokio::test]

@@ -349,29 +349,6 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// Delivers as many messages from the front of `messages` as the receiver's queue has
-    /// room for, in order and at once (one lock, one wake-up of the receiver); returns how
-    /// many were delivered (and removed from `messages`). Never waits.
-    pub fn try_deliver_from(&self, messages: &mut Vec<String>) -> Result<usize, ReceiverGone> {
-        self.inbound
-            .try_send_from(messages)
-            .map_err(|()| ReceiverGone)
-    }
-
-    /// Delivers every message of `messages` in order (draining it), as many at once as
-    /// there is room for, waiting while the receiver's queue is full.
-    pub async fn deliver_all(&self, messages: &mut Vec<String>) -> Result<(), ReceiverGone> {
-        loop {
-            self.try_deliver_from(messages)?;
-            if messages.is_empty() {
-                return Ok(());
-            }
-            // Full: wait for room for the next one, then take as many as fit again.
-            let next = messages.remove(0);
-            self.deliver(next).await?;
-        }
-    }
-
     /// Delivers one incoming message, waiting while the receiver's queue is full.
     pub async fn deliver(&self, message: String) -> Result<(), ReceiverGone> {
         self.inbound.send(message).await.map_err(|_| ReceiverGone)

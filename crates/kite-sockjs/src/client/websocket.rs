@@ -164,13 +164,15 @@ async fn read_loop(
         };
         match decode_server_frame(text.as_str()) {
             Ok(ServerFrame::Open) | Ok(ServerFrame::Heartbeat) => {}
-            Ok(ServerFrame::Messages(mut messages)) => {
-                let n = messages.len();
-                // As many at once as there is room for.
-                if inbound.deliver_all(&mut messages).await.is_err() {
-                    return "the receiver was dropped".into();
+            Ok(ServerFrame::Messages(messages)) => {
+                // One at a time (not all at once): the user's task starts on the first
+                // while the rest are delivered, and the count tells the writer at once.
+                for message in messages {
+                    if inbound.deliver(message).await.is_err() {
+                        return "the receiver was dropped".into();
+                    }
+                    pending.fetch_add(1, Ordering::Relaxed);
                 }
-                pending.fetch_add(n, Ordering::Relaxed);
             }
             Ok(ServerFrame::Close { code, reason }) => {
                 return format!("the server closed the session: {code} {reason:?}")

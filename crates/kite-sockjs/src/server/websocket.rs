@@ -514,8 +514,8 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
     }
     let end = {
         let deliverer = side.deliverer();
-        // Decoded messages waiting for room in the user's queue (non-empty only while
-        // `delivering` waits for room for the one taken out of it).
+        // The messages of the last frame not yet delivered, last first (`delivering`
+        // delivers them one at a time; the socket is not read meanwhile).
         let mut incoming: Vec<String> = Vec::new();
         let delivering = Fuse::terminated();
         tokio::pin!(delivering);
@@ -555,15 +555,10 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                         break End::ReceiverGone;
                     }
                     pending = pending.saturating_add(1);
-                    match deliverer.try_deliver_from(&mut incoming) {
-                        Ok(n) => pending = pending.saturating_add(n),
-                        Err(ReceiverGone) => break End::ReceiverGone,
-                    }
-                    if incoming.is_empty() {
+                    match incoming.pop() {
+                        Some(m) => delivering.set(deliverer.deliver(m).fuse()),
                         // Don't keep the decoded frame's storage while idle.
-                        incoming = Vec::new();
-                    } else {
-                        delivering.set(deliverer.deliver(incoming.remove(0)).fuse());
+                        None => incoming = Vec::new(),
                     }
                 }
                 received = io.recv(), if delivering.is_terminated() => match received {
@@ -577,13 +572,11 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                             incoming.push(text.to_string());
                         }
                         drop(text);
-                        // Everything the frame held at once, as far as there is room.
-                        match deliverer.try_deliver_from(&mut incoming) {
-                            Ok(n) => pending = pending.saturating_add(n),
-                            Err(ReceiverGone) => break End::ReceiverGone,
-                        }
-                        if !incoming.is_empty() {
-                            delivering.set(deliverer.deliver(incoming.remove(0)).fuse());
+                        // Delivered one at a time (from the end), so that answers to the
+                        // first can be written while the rest are delivered.
+                        incoming.reverse();
+                        if let Some(m) = incoming.pop() {
+                            delivering.set(deliverer.deliver(m).fuse());
                         }
                     }
                     Recv::Closed => break End::Gone,
