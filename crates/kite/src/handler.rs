@@ -169,6 +169,8 @@ impl TokenBucket {
 
 /// A registered method.
 pub(crate) struct MethodEntry {
+    /// The method name (shared by every request of the method).
+    pub name: Arc<str>,
     pub raw: HandlerService,
     pub service: RwLock<HandlerService>,
     pub auth: AtomicBool,
@@ -176,9 +178,10 @@ pub(crate) struct MethodEntry {
 }
 
 impl MethodEntry {
-    pub(crate) fn new(raw: HandlerService, layers: &[LayerFn]) -> Self {
+    pub(crate) fn new(name: &str, raw: HandlerService, layers: &[LayerFn]) -> Self {
         let service = compose(&raw, layers);
         MethodEntry {
+            name: Arc::from(name),
             raw,
             service: RwLock::new(service),
             auth: AtomicBool::new(true),

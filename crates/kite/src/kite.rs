@@ -399,7 +399,7 @@ impl Kite {
     {
         let raw = HandlerService::new(service);
         let layers = read(&self.core.layers);
-        let entry = Arc::new(MethodEntry::new(raw, &layers));
+        let entry = Arc::new(MethodEntry::new(method, raw, &layers));
         write(&self.core.methods).insert(method.to_string(), entry.clone());
         Method { entry }
     }
