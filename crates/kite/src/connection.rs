@@ -394,12 +394,12 @@ impl ConnShared {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let (tx, rx) = oneshot::channel();
-        let mut locals = Vec::with_capacity(functions.len() + 1);
-        locals.push(LocalCallback::Response(tx));
-        locals.extend(functions.into_iter().map(LocalCallback::User));
         let response_id = match fields {
-            None => self.send_call(method, with_args, locals).await?,
+            None => Some(self.send_call(method, with_args, tx, functions).await?),
             Some(fields) => {
+                let mut locals = Vec::with_capacity(functions.len() + 1);
+                locals.push(LocalCallback::Response(tx));
+                locals.extend(functions.into_iter().map(LocalCallback::User));
                 // Rare: extra options keys go through the generic tree encoding.
                 let identity = self.core.identity();
                 let auth = self.cached_auth().map(|a| {
@@ -474,54 +474,83 @@ impl ConnShared {
     }
 
     /// Sends a call of `method` in one pass (no options tree): the cached identity and
-    /// credential JSON are spliced into the message. `locals[0]` is the response callback;
-    /// function markers in `with_args` index `locals`. Returns the response callback's id.
+    /// credential JSON are spliced into the message. `response` gets the outcome; function
+    /// markers in `with_args` index `functions`. Returns the response callback's id.
     async fn send_call(
         &self,
         method: &str,
         with_args: Vec<Value>,
-        locals: Vec<LocalCallback>,
-    ) -> Result<Option<u64>, KiteError> {
+        response: oneshot::Sender<Result<Value, KiteError>>,
+        functions: Vec<Function>,
+    ) -> Result<u64, KiteError> {
         if self.closed.is_cancelled() {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let mut with_args = Value::Array(with_args);
-        let (callbacks, registered, response_id) = {
+        let (response_id, callbacks, registered) = {
             let mut table = lock(&self.table);
-            // The response callback first (lowest id, as with the sorted options tree).
-            let response = dnode::ScrubbedFunction {
-                id: table.next_id,
-                marker: 0,
-                path: vec![
-                    dnode::PathElement::Index(0),
-                    dnode::PathElement::Key("responseCallback".to_string()),
-                ],
-            };
-            table.next_id += 1;
-            let mut scrubbed = vec![response];
-            for mut s in dnode::scrub(&mut with_args, &mut table.next_id) {
-                s.path.splice(
-                    0..0,
-                    [
-                        dnode::PathElement::Index(0),
-                        dnode::PathElement::Key("withArgs".to_string()),
-                    ],
-                );
-                scrubbed.push(s);
+            if table.pending >= self.limits.max_pending_calls {
+                return Err(KiteError::send(format!(
+                    "can't send, too many pending calls ({})",
+                    self.limits.max_pending_calls
+                )));
             }
-            self.register(&mut table, scrubbed, locals)?
+            // The response callback first (lowest id, as with the sorted options tree).
+            let response_id = table.next_id;
+            table.next_id += 1;
+            let found = dnode::scrub(&mut with_args, &mut table.next_id);
+            if found.is_empty() {
+                // The usual call: no functions in the arguments.
+                table.pending += 1;
+                table
+                    .entries
+                    .insert(response_id, LocalCallback::Response(response));
+                (response_id, None, Vec::new())
+            } else {
+                let mut scrubbed = Vec::with_capacity(found.len() + 1);
+                scrubbed.push(dnode::ScrubbedFunction {
+                    id: response_id,
+                    marker: 0,
+                    path: vec![
+                        dnode::PathElement::Index(0),
+                        dnode::PathElement::Key("responseCallback".to_string()),
+                    ],
+                });
+                for mut s in found {
+                    s.path.splice(
+                        0..0,
+                        [
+                            dnode::PathElement::Index(0),
+                            dnode::PathElement::Key("withArgs".to_string()),
+                        ],
+                    );
+                    scrubbed.push(s);
+                }
+                let mut locals = Vec::with_capacity(functions.len() + 1);
+                locals.push(LocalCallback::Response(response));
+                locals.extend(functions.into_iter().map(LocalCallback::User));
+                let (callbacks, registered, _) = self.register(&mut table, scrubbed, locals)?;
+                (response_id, Some(callbacks), registered)
+            }
         };
         let ident = self.core.cached_identity();
         let auth = self.cached_auth();
-        let text = envelope::encode_call_message(
-            method,
-            &ident.json,
-            auth.as_deref().map(|a| &*a.json),
-            &with_args,
-            &callbacks,
-        );
+        let auth_json = auth.as_deref().map(|a| &*a.json);
+        let text = match &callbacks {
+            None => envelope::encode_plain_call_message(
+                method,
+                &ident.json,
+                auth_json,
+                &with_args,
+                response_id,
+            ),
+            Some(callbacks) => {
+                envelope::encode_call_message(method, &ident.json, auth_json, &with_args, callbacks)
+            }
+        };
         if self.sender.send(text).await.is_err() {
             self.unregister(&registered);
+            lock(&self.table).remove(response_id);
             return Err(KiteError::send("can't send, session is closed"));
         }
         Ok(response_id)
@@ -973,10 +1002,15 @@ async fn serve_request(
         for pre in &hooks.pre {
             pre(&request)?;
         }
-        let mut svc = entry.service();
-        let svc = svc.ready().await?;
         // A panic while creating or running the handler's future is caught here.
-        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(request.clone())));
+        let fut = match entry.direct() {
+            Some(direct) => std::panic::catch_unwind(AssertUnwindSafe(|| direct(request.clone()))),
+            None => {
+                let mut svc = entry.service();
+                let svc = svc.ready().await?;
+                std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(request.clone())))
+            }
+        };
         match fut {
             Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
                 Ok(r) => r,
