@@ -39,7 +39,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::dnode::decode::{decode_parts, Parts, PartsMethod};
+use crate::dnode::decode::{decode_parts, decode_parts_with, Early, Parts, PartsMethod};
 use crate::dnode::scrub::{place, Placed};
 use crate::dnode::{
     callback_marker, parse_callback_marker, DecodeError, Limits, Message, Method, PathElement,
@@ -198,12 +198,17 @@ pub struct IncomingCallback<'a> {
     pub id: u64,
     parts: Parts<'a>,
     limits: &'a Limits,
+    text: &'a str,
 }
 
 impl IncomingCallback<'_> {
     /// The arguments for a function the receiver passed, with callbacks installed and
     /// links applied (as [`Message::unscrub`]).
-    pub fn arguments(self) -> Result<(Vec<Value>, UnscrubReport), DecodeError> {
+    pub fn arguments(mut self) -> Result<(Vec<Value>, UnscrubReport), DecodeError> {
+        if self.parts.early.is_some() {
+            // Decoded as a response while parsing: read the arguments again as a tree.
+            self.parts = decode_parts(self.text, self.limits)?;
+        }
         let mut msg = Message {
             method: Method::Callback(self.id),
             arguments: self.parts.arguments_value()?,
@@ -220,11 +225,21 @@ impl IncomingCallback<'_> {
 
     /// The outcome of a call, read as [`decode_response`] reads it. A `{"error", "result"}`
     /// response without callbacks is decoded without a JSON tree around the result.
-    pub fn response(self) -> Result<(Result<Value, KiteError>, UnscrubReport), DecodeError> {
-        if self.parts.callbacks.is_empty()
+    pub fn response(mut self) -> Result<(Result<Value, KiteError>, UnscrubReport), DecodeError> {
+        let plain = self.parts.callbacks.is_empty()
             && self.parts.callbacks.invalid_ids().is_empty()
-            && self.parts.links.is_empty()
-        {
+            && self.parts.links.is_empty();
+        match self.parts.early.take() {
+            Some(Early::Response(Some(outcome))) if plain => {
+                return Ok((outcome, UnscrubReport::default()))
+            }
+            Some(_) => {
+                // Another shape, or callbacks to install: read the arguments as a tree.
+                self.parts = decode_parts(self.text, self.limits)?;
+            }
+            None => {}
+        }
+        if plain {
             if let Some(raw) = self.parts.arguments {
                 let mut de = serde_json::Deserializer::from_str(raw.get());
                 if let Ok(Some(outcome)) = FastResponse.deserialize(&mut de) {
@@ -239,19 +254,66 @@ impl IncomingCallback<'_> {
 
 /// Decodes one incoming message within `limits` (see the [module docs](self)).
 pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, DecodeError> {
-    let parts = decode_parts(text, limits)?;
+    // First try: arguments after the method (Go's and our order) are decoded typed in the
+    // same pass.
+    if let Ok(mut parts) = decode_parts_with(text, limits, true) {
+        match (parts.early.take(), &parts.method) {
+            (None, _) => return from_parts(text, parts, limits),
+            (Some(Early::Request(options)), PartsMethod::Name(name)) => {
+                if let Some((request, report)) = fast_request(&parts, options) {
+                    return Ok(Incoming::Call(IncomingCall {
+                        method: name.clone(),
+                        request: Ok(request),
+                        report,
+                    }));
+                }
+            }
+            (Some(early @ Early::Response(_)), &PartsMethod::Callback(id)) => {
+                parts.early = Some(early);
+                return Ok(Incoming::Callback(IncomingCallback {
+                    id,
+                    parts,
+                    limits,
+                    text,
+                }));
+            }
+            // A repeated `method` key changed its kind: read everything again.
+            (Some(_), _) => {}
+        }
+    }
+    from_parts(text, decode_parts(text, limits)?, limits)
+}
+
+/// A message whose arguments are raw text (or absent).
+fn from_parts<'a>(
+    text: &'a str,
+    parts: Parts<'a>,
+    limits: &'a Limits,
+) -> Result<Incoming<'a>, DecodeError> {
     let name = match parts.method {
         PartsMethod::Callback(id) => {
-            return Ok(Incoming::Callback(IncomingCallback { id, parts, limits }))
+            return Ok(Incoming::Callback(IncomingCallback {
+                id,
+                parts,
+                limits,
+                text,
+            }))
         }
         PartsMethod::Name(ref n) => n.clone(),
     };
-    if let Some(call) = fast_request(&parts) {
-        return Ok(Incoming::Call(IncomingCall {
-            method: name,
-            request: Ok(call.0),
-            report: call.1,
-        }));
+    if let Some(raw) = parts.arguments {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let options = OneOptions
+            .deserialize(&mut de)
+            .ok()
+            .filter(|_| de.end().is_ok());
+        if let Some((request, report)) = options.and_then(|o| fast_request(&parts, o)) {
+            return Ok(Incoming::Call(IncomingCall {
+                method: name,
+                request: Ok(request),
+                report,
+            }));
+        }
     }
     // The general path: a JSON tree, unscrubbed, then read.
     let mut msg = Message {
@@ -322,17 +384,16 @@ fn target(path: &[PathElement]) -> Option<Target<'_>> {
 
 /// The request in the usual shape, decoded without a JSON tree for the envelope; `None`
 /// sends the message down the general path.
-fn fast_request<'a>(parts: &Parts<'a>) -> Option<(RequestRef<'a>, UnscrubReport)> {
+fn fast_request<'a>(
+    parts: &Parts<'a>,
+    options: Options<'a>,
+) -> Option<(RequestRef<'a>, UnscrubReport)> {
     if !parts.links.is_empty() {
         return None;
     }
     if parts.callbacks.iter().any(|(_, p)| target(p).is_none()) {
         return None;
     }
-    let raw: &'a RawValue = parts.arguments?;
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    let options = OneOptions.deserialize(&mut de).ok()?;
-    de.end().ok()?;
 
     let mut report = UnscrubReport {
         invalid: parts.callbacks.invalid_ids().len(),
@@ -380,8 +441,8 @@ fn fast_request<'a>(parts: &Parts<'a>) -> Option<(RequestRef<'a>, UnscrubReport)
 }
 
 /// The options object as decoded by the fast path.
-#[derive(Default)]
-struct Options<'a> {
+#[derive(Debug, Default)]
+pub(crate) struct Options<'a> {
     kite: KiteRef<'a>,
     authentication: Option<AuthenticationRef<'a>>,
     with_args: Option<Value>,
@@ -445,7 +506,7 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 }
 
 /// `[options]`: exactly one element, an object.
-struct OneOptions;
+pub(crate) struct OneOptions;
 
 impl<'de> DeserializeSeed<'de> for OneOptions {
     type Value = Options<'de>;
@@ -579,7 +640,7 @@ impl<'de> Visitor<'de> for AuthSeed {
 
 /// `[{"error": ..., "result": ...}]` with at least one of the two keys: `Some(outcome)`.
 /// Any other shape: `None` (the general path reads it).
-struct FastResponse;
+pub(crate) struct FastResponse;
 
 impl<'de> DeserializeSeed<'de> for FastResponse {
     type Value = Option<Result<Value, KiteError>>;

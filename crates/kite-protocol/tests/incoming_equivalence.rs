@@ -273,20 +273,30 @@ fn response_arguments() -> impl Strategy<Value = Option<Value>> {
     ]
 }
 
-fn message(method: Value, arguments: Option<Value>, callbacks: Value, links: bool) -> String {
-    let mut m = Map::new();
-    m.insert("method".into(), method);
+/// The message text; `method_first` writes `method` first (Go's and our order, decoded
+/// in one pass), else last (kite.js's order, arguments kept raw until the end).
+fn message(
+    method: Value,
+    arguments: Option<Value>,
+    callbacks: Value,
+    links: bool,
+    method_first: bool,
+) -> String {
+    let mut parts = Vec::new();
     if let Some(a) = arguments {
-        m.insert("arguments".into(), a);
+        parts.push(format!("\"arguments\":{a}"));
     }
-    m.insert("callbacks".into(), callbacks);
+    parts.push(format!("\"callbacks\":{callbacks}"));
     if links {
-        m.insert(
-            "links".into(),
-            json!([{"from": [0, "withArgs"], "to": [0, "copy"]}]),
-        );
+        parts.push(r#""links":[{"from":[0,"withArgs"],"to":[0,"copy"]}]"#.to_string());
     }
-    serde_json::to_string(&Value::Object(m)).unwrap()
+    let method = format!("\"method\":{method}");
+    if method_first {
+        parts.insert(0, method);
+    } else {
+        parts.push(method);
+    }
+    format!("{{{}}}", parts.join(","))
 }
 
 proptest! {
@@ -303,8 +313,9 @@ proptest! {
         args in arguments(),
         cbs in callbacks(),
         links in prop::bool::weighted(0.1),
+        method_first in any::<bool>(),
     ) {
-        check(&message(method, args, cbs, links));
+        check(&message(method, args, cbs, links, method_first));
     }
 
     #[test]
@@ -312,8 +323,9 @@ proptest! {
         id in 0u64..3,
         args in response_arguments(),
         cbs in prop_oneof![3 => Just(json!({})), 1 => callbacks()],
+        method_first in any::<bool>(),
     ) {
-        check(&message(json!(id), args, cbs, false));
+        check(&message(json!(id), args, cbs, false, method_first));
     }
 }
 
@@ -352,6 +364,12 @@ fn hand_picked_edge_cases_agree() {
         r#"{"method":0,"arguments":[{"result":1,"result":2}],"callbacks":{}}"#,
         r#"{"method":0,"arguments":[null,{"a":1}],"callbacks":{}}"#,
         r#"{"method":0,"arguments":[{"error":null,"result":"[Function]"}],"callbacks":{"4":[0,"result"]}}"#,
+        r#"{"method":"m","arguments":[{"withArgs":[1]}],"method":0}"#,
+        r#"{"method":0,"arguments":[{"result":1}],"method":"m"}"#,
+        r#"{"method":"m","arguments":[{"withArgs":[1]}],"arguments":[{"withArgs":[2]}]}"#,
+        r#"{"method":0,"arguments":[{"result":1}],"arguments":[null,2]}"#,
+        r#"{"method":"m","arguments":null,"callbacks":{}}"#,
+        r#"{"method":"m","arguments":[{"withArgs":[1]}],"callbacks":{"0":[0,"withArgs",0]},"links":[{"from":[0,"withArgs"],"to":[0,"x"]}]}"#,
     ] {
         check(text);
     }

@@ -51,8 +51,11 @@ pub(crate) enum PartsMethod<'a> {
 #[derive(Debug)]
 pub(crate) struct Parts<'a> {
     pub method: PartsMethod<'a>,
-    /// `None` when absent or `null`; otherwise the raw text of a JSON array (checked).
+    /// `None` when absent or `null` (or decoded early); otherwise the raw text of a JSON
+    /// array (checked).
     pub arguments: Option<&'a RawValue>,
+    /// The arguments decoded as soon as they were met (see [`decode_parts_with`]).
+    pub early: Option<Early<'a>>,
     pub callbacks: Callbacks,
     pub links: Vec<Link>,
 }
@@ -70,6 +73,18 @@ impl Parts<'_> {
 /// Decodes a message within `limits`, validating everything but leaving `arguments` as
 /// raw text (whose JSON syntax is checked; its nesting depth is checked when it is parsed).
 pub(crate) fn decode_parts<'a>(text: &'a str, limits: &Limits) -> Result<Parts<'a>, DecodeError> {
+    decode_parts_with(text, limits, false)
+}
+
+/// [`decode_parts`]; with `early`, arguments that follow a `method` are decoded right away
+/// as a request envelope or a response ([`Parts::early`]) instead of being kept as raw
+/// text. Such a decode fails on any shape the typed decoders do not take; the caller then
+/// decodes again without `early`.
+pub(crate) fn decode_parts_with<'a>(
+    text: &'a str,
+    limits: &Limits,
+    early: bool,
+) -> Result<Parts<'a>, DecodeError> {
     if text.len() > limits.max_message_bytes {
         return Err(DecodeError::TooLarge {
             size: text.len(),
@@ -81,6 +96,7 @@ pub(crate) fn decode_parts<'a>(text: &'a str, limits: &Limits) -> Result<Parts<'
     let raw = match (MessageSeed {
         limits,
         slot: &slot,
+        early,
     })
     .deserialize(&mut de)
     .and_then(|raw| de.end().map(|()| raw))
@@ -108,15 +124,26 @@ pub(crate) fn decode_parts<'a>(text: &'a str, limits: &Limits) -> Result<Parts<'
     Ok(Parts {
         method,
         arguments,
+        early: raw.early,
         callbacks: raw.callbacks.unwrap_or_default(),
         links: raw.links.unwrap_or_default(),
     })
+}
+
+/// Arguments decoded by a typed decoder while parsing the message.
+#[derive(Debug)]
+pub(crate) enum Early<'a> {
+    /// The options of a call of a named method.
+    Request(crate::incoming::Options<'a>),
+    /// A response `[{"error", "result"}]`: its outcome, or `None` for another shape.
+    Response(Option<Result<Value, crate::error::KiteError>>),
 }
 
 #[derive(Default)]
 struct RawMessage<'a> {
     method: Option<RawMethod<'a>>,
     arguments: Option<&'a RawValue>,
+    early: Option<Early<'a>>,
     callbacks: Option<Callbacks>,
     links: Option<Vec<Link>>,
 }
@@ -124,6 +151,7 @@ struct RawMessage<'a> {
 struct MessageSeed<'a> {
     limits: &'a Limits,
     slot: Slot<'a>,
+    early: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for MessageSeed<'_> {
@@ -146,7 +174,24 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
         while let Some(key) = map.next_key::<TopKey>()? {
             match key {
                 TopKey::Method => raw.method = Some(map.next_value()?),
-                TopKey::Arguments => raw.arguments = Some(map.next_value()?),
+                TopKey::Arguments => match (&raw.method, self.early) {
+                    (Some(RawMethod::Name(_)), true) => {
+                        raw.early = Some(Early::Request(
+                            map.next_value_seed(crate::incoming::OneOptions)?,
+                        ));
+                        raw.arguments = None;
+                    }
+                    (Some(RawMethod::Id(_)), true) => {
+                        raw.early = Some(Early::Response(
+                            map.next_value_seed(crate::incoming::FastResponse)?,
+                        ));
+                        raw.arguments = None;
+                    }
+                    _ => {
+                        raw.arguments = Some(map.next_value()?);
+                        raw.early = None;
+                    }
+                },
                 TopKey::Callbacks => {
                     raw.callbacks = Some(map.next_value_seed(CallbacksSeed {
                         limits: self.limits,
