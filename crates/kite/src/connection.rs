@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -118,7 +119,11 @@ pub(crate) struct ConnShared {
     /// requests carry the same ones (a peer sends the same on every call).
     last_caller: Mutex<LastCaller>,
     closed: CancellationToken,
-    stop_reading: CancellationToken,
+    /// Set just before `closed` is cancelled: checked on every call and message without
+    /// the token's lock.
+    is_closed: AtomicBool,
+    /// Graceful shutdown began: new requests are refused.
+    is_stopping: AtomicBool,
     permits: Arc<Semaphore>,
 }
 
@@ -172,7 +177,8 @@ impl Connection {
             auth: RwLock::new(auth.map(CachedAuth::new)),
             last_caller: Mutex::new(LastCaller::default()),
             closed: CancellationToken::new(),
-            stop_reading: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
+            is_stopping: AtomicBool::new(false),
         });
         tokio::spawn(read_loop(shared.clone(), receiver));
         Connection(shared)
@@ -216,7 +222,7 @@ impl Connection {
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.0.closed.is_cancelled()
+        self.0.is_closed.load(Ordering::Acquire)
     }
 
     /// Completes when the connection has ended.
@@ -350,7 +356,7 @@ impl ConnShared {
     }
 
     pub(crate) async fn close(&self) {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return;
         }
         // Bounded: a peer that stopped reading must not hold up the close.
@@ -361,7 +367,7 @@ impl ConnShared {
     /// Stops accepting new requests (graceful shutdown); in-flight handlers go on and
     /// responses to their calls are still delivered.
     pub(crate) fn stop_reading(&self) {
-        self.stop_reading.cancel();
+        self.is_stopping.store(true, Ordering::Release);
     }
 
     /// Waits until no handler runs on this connection, or `deadline` passes.
@@ -372,7 +378,7 @@ impl ConnShared {
 
     /// Ends the connection: pending calls complete with `disconnect`, callbacks are freed.
     fn finish(&self) {
-        if self.closed.is_cancelled() {
+        if self.is_closed.swap(true, Ordering::AcqRel) {
             return;
         }
         self.closed.cancel();
@@ -390,7 +396,7 @@ impl ConnShared {
         fields: Option<EnvelopeFields>,
         timeout: Option<Duration>,
     ) -> Result<Response, KiteError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let (tx, rx) = oneshot::channel();
@@ -457,7 +463,7 @@ impl ConnShared {
         mut arguments: Value,
         locals: Vec<LocalCallback>,
     ) -> Result<Option<u64>, KiteError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let (callbacks, registered, response_id) = {
@@ -483,7 +489,7 @@ impl ConnShared {
         response: oneshot::Sender<Result<Value, KiteError>>,
         functions: Vec<Function>,
     ) -> Result<u64, KiteError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let mut with_args = Value::Array(with_args);
@@ -712,7 +718,7 @@ impl ConnShared {
 
     fn dispatch_call(self: &Arc<Self>, call: incoming::IncomingCall<'_>) -> Next {
         self.log_report(&call.report);
-        if self.stop_reading.is_cancelled() {
+        if self.is_stopping.load(Ordering::Acquire) {
             // Shutting down: responses and callbacks are still read (in-flight handlers
             // may wait for them), new requests are refused.
             return match call.response_callback() {
@@ -901,11 +907,18 @@ enum Next {
 
 async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
     conn.core.connection_opened(&conn);
+    // Created once: the token's future registers its waker once, and is polled only
+    // while no message is ready.
+    let closed = conn.closed.cancelled();
+    tokio::pin!(closed);
     loop {
+        if conn.is_closed.load(Ordering::Acquire) {
+            break;
+        }
         let msg = tokio::select! {
             biased;
-            _ = conn.closed.cancelled() => break,
             m = rx.recv() => m,
+            _ = &mut closed => break,
         };
         let Some(text) = msg else { break };
         match conn.dispatch(text) {
@@ -922,7 +935,7 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
             Next::Inline(task) => {
                 tokio::select! {
                     biased;
-                    _ = conn.closed.cancelled() => break,
+                    _ = &mut closed => break,
                     _ = task => {}
                 }
             }
