@@ -113,7 +113,7 @@ pub(crate) struct ConnShared {
     sender: SessionSender,
     info: SessionInfo,
     table: Mutex<Table>,
-    remote: OnceLock<KiteIdentity>,
+    remote: OnceLock<Arc<KiteIdentity>>,
     auth: RwLock<Option<Arc<CachedAuth>>>,
     /// The identity and credentials of the peer's last request, reused while its
     /// requests carry the same ones (a peer sends the same on every call).
@@ -197,13 +197,13 @@ impl Connection {
     /// The peer's identity: on accepted connections taken from its first request
     /// (PROTOCOL.md 4.3 step 6); `None` before that.
     pub fn remote_kite(&self) -> Option<&KiteIdentity> {
-        self.0.remote.get()
+        self.0.remote.get().map(|k| &**k)
     }
 
     /// Sets the peer's identity if it is not known yet (clients built from Kontrol results
     /// know it in advance).
     pub fn set_remote_kite(&self, kite: KiteIdentity) {
-        let _ = self.0.remote.set(kite);
+        let _ = self.0.remote.set(Arc::new(kite));
     }
 
     /// The credential sent with our calls on this connection.
@@ -961,7 +961,7 @@ async fn serve_request(
     } = incoming;
     let accepted = conn.info.role() == Role::Accepted;
     if accepted && conn.remote.get().is_none() {
-        let _ = conn.remote.set((*caller).clone());
+        let _ = conn.remote.set(caller.clone());
     }
     let id = RequestId::random();
     let config = conn.core.config();
