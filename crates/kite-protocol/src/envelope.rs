@@ -308,6 +308,38 @@ pub fn encode_call_message(
     with_args: &Value,
     callbacks: &crate::dnode::Callbacks,
 ) -> String {
+    let mut out = call_message_head(method, kite_json, auth_json, with_args);
+    callbacks.encode_into(&mut out);
+    out.push('}');
+    out
+}
+
+/// [`encode_call_message`] for the usual call whose only callback is the response
+/// callback `response_callback` (`"callbacks":{"<id>":[0,"responseCallback"]}`), without
+/// building a [`Callbacks`](crate::dnode::Callbacks) list. Byte for byte the same text.
+pub fn encode_plain_call_message(
+    method: &str,
+    kite_json: &str,
+    auth_json: Option<&str>,
+    with_args: &Value,
+    response_callback: u64,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = call_message_head(method, kite_json, auth_json, with_args);
+    let _ = write!(
+        out,
+        "{{\"{response_callback}\":[0,\"responseCallback\"]}}}}"
+    );
+    out
+}
+
+/// A call message up to and including `"callbacks":`.
+fn call_message_head(
+    method: &str,
+    kite_json: &str,
+    auth_json: Option<&str>,
+    with_args: &Value,
+) -> String {
     use std::fmt::Write as _;
     let auth_len = auth_json.map_or(4, str::len);
     let mut out = String::with_capacity(method.len() + kite_json.len() + auth_len + 192);
@@ -322,8 +354,6 @@ pub fn encode_call_message(
         out,
         ",\"responseCallback\":\"[Function]\",\"withArgs\":{with_args}}}],\"callbacks\":"
     );
-    callbacks.encode_into(&mut out);
-    out.push('}');
     out
 }
 
@@ -577,6 +607,26 @@ mod tests {
                 auth.as_ref().map(authentication_json).as_deref(),
                 &wa,
                 &cbs,
+            );
+            assert_eq!(got, expected);
+
+            // Without functions in the arguments: the plain form is the same text.
+            let plain_args = vec![json!(4), json!({"s": "q\""})];
+            let mut tree = encode_request(&kite, auth.as_ref(), plain_args.clone(), 0);
+            let mut next = 12;
+            let scrubbed = scrub(&mut tree, &mut next);
+            let expected = Message::new(
+                Method::Name("square".into()),
+                tree,
+                Callbacks::from_scrubbed(&scrubbed),
+            )
+            .encode();
+            let got = encode_plain_call_message(
+                "square",
+                &kite_json(&kite),
+                auth.as_ref().map(authentication_json).as_deref(),
+                &Value::Array(plain_args),
+                12,
             );
             assert_eq!(got, expected);
         }

@@ -67,6 +67,7 @@ pub mod dnode;
 pub mod envelope;
 pub mod error;
 pub mod identity;
+pub mod incoming;
 pub mod sockjs;
 pub mod version;
 

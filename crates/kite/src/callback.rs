@@ -133,21 +133,33 @@ pub(crate) fn to_value_collecting<T: Serialize + ?Sized>(
 /// writes a `float64`, so results are byte-compatible with Go kites: a Go caller decoding
 /// `49.0` into an `int` would fail. Only values exactly representable (|x| ≤ 2^53) change.
 pub(crate) fn go_number_format(value: &mut Value) {
-    const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    fn number(v: &mut Value) {
+        const MAX_EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+        if let Value::Number(n) = v {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                if f.fract() == 0.0 && f.abs() <= MAX_EXACT {
+                    // `as` is exact here: f is integral and within 2^53.
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+    }
+    let is_container = |v: &Value| matches!(v, Value::Array(_) | Value::Object(_));
+    // Scalars and flat arrays (most arguments and results) need no stack.
+    match value {
+        Value::Array(items) if !items.iter().any(is_container) => {
+            items.iter_mut().for_each(number);
+            return;
+        }
+        Value::Array(_) | Value::Object(_) => {}
+        scalar => return number(scalar),
+    }
     let mut stack: Vec<&mut Value> = vec![value];
     while let Some(v) = stack.pop() {
         match v {
-            Value::Number(n) => {
-                if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-                    if f.fract() == 0.0 && f.abs() <= MAX_EXACT {
-                        // `as` is exact here: f is integral and within 2^53.
-                        *v = Value::from(f as i64);
-                    }
-                }
-            }
             Value::Array(items) => stack.extend(items.iter_mut()),
             Value::Object(map) => stack.extend(map.values_mut()),
-            _ => {}
+            scalar => number(scalar),
         }
     }
 }
@@ -263,5 +275,15 @@ mod number_format_tests {
             v.to_string(),
             r#"[49,2.5,0,{"a":[1000000000000000,1e+300]},"x",7]"#
         );
+        // The shortcuts: a scalar, a flat array, an object.
+        for (mut v, want) in [
+            (json!(16.0), "16"),
+            (json!(2.5), "2.5"),
+            (json!([4.0, 1.5, "y"]), r#"[4,1.5,"y"]"#),
+            (json!({"r": 9.0}), r#"{"r":9}"#),
+        ] {
+            go_number_format(&mut v);
+            assert_eq!(v.to_string(), want);
+        }
     }
 }

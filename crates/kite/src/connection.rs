@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -29,10 +30,10 @@ use crate::error::KiteError;
 use crate::handler::{with_reply_scope, MethodEntry};
 use crate::kite::Core;
 use crate::protocol::Kite as KiteIdentity;
-use crate::request::{Auth, Request, RequestInner};
+use crate::request::{Auth, Request, RequestId, RequestInner};
 use crate::settings::Limits;
 use kite_protocol::dnode::{self, Callbacks, Message, Method};
-use kite_protocol::envelope;
+use kite_protocol::{envelope, incoming};
 use kite_sockjs::session::{Role, Session, SessionInfo, SessionReceiver, SessionSender};
 
 /// Extra keys of a request's options object, sent next to `withArgs` (e.g. a deadline or
@@ -49,7 +50,7 @@ pub(crate) enum LocalCallback {
     User(Function),
     /// The response callback of one of our calls; freed after its first invocation or the
     /// call's timeout (Q3).
-    Response(oneshot::Sender<Vec<Value>>),
+    Response(oneshot::Sender<Result<Value, KiteError>>),
 }
 
 #[derive(Default)]
@@ -88,16 +89,41 @@ impl CachedAuth {
     }
 }
 
+/// See [`ConnShared::last_caller`].
+#[derive(Default)]
+struct LastCaller {
+    kite: Option<Arc<KiteIdentity>>,
+    /// `kite` with the username authentication gave.
+    authenticated: Option<Arc<KiteIdentity>>,
+    auth: Option<Arc<Auth>>,
+}
+
+/// A request decoded and owned, ready to be served.
+struct Incoming {
+    caller: Arc<KiteIdentity>,
+    auth: Option<Arc<Auth>>,
+    with_args: Vec<Value>,
+    response_callback: Option<u64>,
+    fields: EnvelopeFields,
+}
+
 pub(crate) struct ConnShared {
     pub(crate) core: Arc<Core>,
     pub(crate) limits: Arc<Limits>,
     sender: SessionSender,
     info: SessionInfo,
     table: Mutex<Table>,
-    remote: OnceLock<KiteIdentity>,
+    remote: OnceLock<Arc<KiteIdentity>>,
     auth: RwLock<Option<Arc<CachedAuth>>>,
+    /// The identity and credentials of the peer's last request, reused while its
+    /// requests carry the same ones (a peer sends the same on every call).
+    last_caller: Mutex<LastCaller>,
     closed: CancellationToken,
-    stop_reading: CancellationToken,
+    /// Set just before `closed` is cancelled: checked on every call and message without
+    /// the token's lock.
+    is_closed: AtomicBool,
+    /// Graceful shutdown began: new requests are refused.
+    is_stopping: AtomicBool,
     permits: Arc<Semaphore>,
 }
 
@@ -149,8 +175,10 @@ impl Connection {
             table: Mutex::new(Table::default()),
             remote: OnceLock::new(),
             auth: RwLock::new(auth.map(CachedAuth::new)),
+            last_caller: Mutex::new(LastCaller::default()),
             closed: CancellationToken::new(),
-            stop_reading: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
+            is_stopping: AtomicBool::new(false),
         });
         tokio::spawn(read_loop(shared.clone(), receiver));
         Connection(shared)
@@ -169,13 +197,13 @@ impl Connection {
     /// The peer's identity: on accepted connections taken from its first request
     /// (PROTOCOL.md 4.3 step 6); `None` before that.
     pub fn remote_kite(&self) -> Option<&KiteIdentity> {
-        self.0.remote.get()
+        self.0.remote.get().map(|k| &**k)
     }
 
     /// Sets the peer's identity if it is not known yet (clients built from Kontrol results
     /// know it in advance).
     pub fn set_remote_kite(&self, kite: KiteIdentity) {
-        let _ = self.0.remote.set(kite);
+        let _ = self.0.remote.set(Arc::new(kite));
     }
 
     /// The credential sent with our calls on this connection.
@@ -194,7 +222,7 @@ impl Connection {
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.0.closed.is_cancelled()
+        self.0.is_closed.load(Ordering::Acquire)
     }
 
     /// Completes when the connection has ended.
@@ -328,7 +356,7 @@ impl ConnShared {
     }
 
     pub(crate) async fn close(&self) {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return;
         }
         // Bounded: a peer that stopped reading must not hold up the close.
@@ -339,7 +367,7 @@ impl ConnShared {
     /// Stops accepting new requests (graceful shutdown); in-flight handlers go on and
     /// responses to their calls are still delivered.
     pub(crate) fn stop_reading(&self) {
-        self.stop_reading.cancel();
+        self.is_stopping.store(true, Ordering::Release);
     }
 
     /// Waits until no handler runs on this connection, or `deadline` passes.
@@ -350,7 +378,7 @@ impl ConnShared {
 
     /// Ends the connection: pending calls complete with `disconnect`, callbacks are freed.
     fn finish(&self) {
-        if self.closed.is_cancelled() {
+        if self.is_closed.swap(true, Ordering::AcqRel) {
             return;
         }
         self.closed.cancel();
@@ -368,16 +396,16 @@ impl ConnShared {
         fields: Option<EnvelopeFields>,
         timeout: Option<Duration>,
     ) -> Result<Response, KiteError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let (tx, rx) = oneshot::channel();
-        let mut locals = Vec::with_capacity(functions.len() + 1);
-        locals.push(LocalCallback::Response(tx));
-        locals.extend(functions.into_iter().map(LocalCallback::User));
         let response_id = match fields {
-            None => self.send_call(method, with_args, locals).await?,
+            None => Some(self.send_call(method, with_args, tx, functions).await?),
             Some(fields) => {
+                let mut locals = Vec::with_capacity(functions.len() + 1);
+                locals.push(LocalCallback::Response(tx));
+                locals.extend(functions.into_iter().map(LocalCallback::User));
                 // Rare: extra options keys go through the generic tree encoding.
                 let identity = self.core.identity();
                 let auth = self.cached_auth().map(|a| {
@@ -407,11 +435,10 @@ impl ConnShared {
                 }
             },
         };
-        let Ok(arguments) = arguments else {
+        let Ok(outcome) = arguments else {
             return Err(KiteError::disconnect());
         };
-        let value = envelope::decode_response(Value::Array(arguments))?;
-        Ok(Response::new(value, self.weak()))
+        Ok(Response::new(outcome?, self.weak()))
     }
 
     /// Sends one message whose `arguments` may contain local-function markers indexing
@@ -436,7 +463,7 @@ impl ConnShared {
         mut arguments: Value,
         locals: Vec<LocalCallback>,
     ) -> Result<Option<u64>, KiteError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let (callbacks, registered, response_id) = {
@@ -453,54 +480,83 @@ impl ConnShared {
     }
 
     /// Sends a call of `method` in one pass (no options tree): the cached identity and
-    /// credential JSON are spliced into the message. `locals[0]` is the response callback;
-    /// function markers in `with_args` index `locals`. Returns the response callback's id.
+    /// credential JSON are spliced into the message. `response` gets the outcome; function
+    /// markers in `with_args` index `functions`. Returns the response callback's id.
     async fn send_call(
         &self,
         method: &str,
         with_args: Vec<Value>,
-        locals: Vec<LocalCallback>,
-    ) -> Result<Option<u64>, KiteError> {
-        if self.closed.is_cancelled() {
+        response: oneshot::Sender<Result<Value, KiteError>>,
+        functions: Vec<Function>,
+    ) -> Result<u64, KiteError> {
+        if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
         let mut with_args = Value::Array(with_args);
-        let (callbacks, registered, response_id) = {
+        let (response_id, callbacks, registered) = {
             let mut table = lock(&self.table);
-            // The response callback first (lowest id, as with the sorted options tree).
-            let response = dnode::ScrubbedFunction {
-                id: table.next_id,
-                marker: 0,
-                path: vec![
-                    dnode::PathElement::Index(0),
-                    dnode::PathElement::Key("responseCallback".to_string()),
-                ],
-            };
-            table.next_id += 1;
-            let mut scrubbed = vec![response];
-            for mut s in dnode::scrub(&mut with_args, &mut table.next_id) {
-                s.path.splice(
-                    0..0,
-                    [
-                        dnode::PathElement::Index(0),
-                        dnode::PathElement::Key("withArgs".to_string()),
-                    ],
-                );
-                scrubbed.push(s);
+            if table.pending >= self.limits.max_pending_calls {
+                return Err(KiteError::send(format!(
+                    "can't send, too many pending calls ({})",
+                    self.limits.max_pending_calls
+                )));
             }
-            self.register(&mut table, scrubbed, locals)?
+            // The response callback first (lowest id, as with the sorted options tree).
+            let response_id = table.next_id;
+            table.next_id += 1;
+            let found = dnode::scrub(&mut with_args, &mut table.next_id);
+            if found.is_empty() {
+                // The usual call: no functions in the arguments.
+                table.pending += 1;
+                table
+                    .entries
+                    .insert(response_id, LocalCallback::Response(response));
+                (response_id, None, Vec::new())
+            } else {
+                let mut scrubbed = Vec::with_capacity(found.len() + 1);
+                scrubbed.push(dnode::ScrubbedFunction {
+                    id: response_id,
+                    marker: 0,
+                    path: vec![
+                        dnode::PathElement::Index(0),
+                        dnode::PathElement::Key("responseCallback".to_string()),
+                    ],
+                });
+                for mut s in found {
+                    s.path.splice(
+                        0..0,
+                        [
+                            dnode::PathElement::Index(0),
+                            dnode::PathElement::Key("withArgs".to_string()),
+                        ],
+                    );
+                    scrubbed.push(s);
+                }
+                let mut locals = Vec::with_capacity(functions.len() + 1);
+                locals.push(LocalCallback::Response(response));
+                locals.extend(functions.into_iter().map(LocalCallback::User));
+                let (callbacks, registered, _) = self.register(&mut table, scrubbed, locals)?;
+                (response_id, Some(callbacks), registered)
+            }
         };
         let ident = self.core.cached_identity();
         let auth = self.cached_auth();
-        let text = envelope::encode_call_message(
-            method,
-            &ident.json,
-            auth.as_deref().map(|a| &*a.json),
-            &with_args,
-            &callbacks,
-        );
+        let auth_json = auth.as_deref().map(|a| &*a.json);
+        let text = match &callbacks {
+            None => envelope::encode_plain_call_message(
+                method,
+                &ident.json,
+                auth_json,
+                &with_args,
+                response_id,
+            ),
+            Some(callbacks) => {
+                envelope::encode_call_message(method, &ident.json, auth_json, &with_args, callbacks)
+            }
+        };
         if self.sender.send(text).await.is_err() {
             self.unregister(&registered);
+            lock(&self.table).remove(response_id);
             return Err(KiteError::send("can't send, session is closed"));
         }
         Ok(response_id)
@@ -575,15 +631,17 @@ impl ConnShared {
     /// here; anything that has to wait is returned as a boxed future, so the read loop's
     /// own future stays small while the connection is idle.
     fn dispatch(self: &Arc<Self>, text: String) -> Next {
-        let mut msg = match Message::decode(&text, &self.limits.protocol) {
-            Ok(m) => m,
+        match incoming::decode(&text, &self.limits.protocol) {
+            Ok(incoming::Incoming::Callback(cb)) => self.dispatch_callback(cb),
+            Ok(incoming::Incoming::Call(call)) => self.dispatch_call(call),
             Err(e) => {
                 debug!(session = self.info.id(), "dropping message: {e}");
-                return Next::Done;
+                Next::Done
             }
-        };
-        drop(text);
-        let report = msg.unscrub(&self.limits.protocol);
+        }
+    }
+
+    fn log_report(&self, report: &dnode::UnscrubReport) {
         if report.invalid > 0 {
             debug!(
                 session = self.info.id(),
@@ -591,100 +649,179 @@ impl ConnShared {
                 "ignored unusable callback paths"
             );
         }
-        match msg.method {
-            Method::Callback(id) => {
-                let cb = {
-                    let mut table = lock(&self.table);
-                    match table.entries.get(&id) {
-                        Some(LocalCallback::User(f)) => Some(LocalCallback::User(f.clone())),
-                        Some(LocalCallback::Response(_)) => table.remove(id),
-                        None => None,
+    }
+
+    fn dispatch_callback(self: &Arc<Self>, cb: incoming::IncomingCallback<'_>) -> Next {
+        let id = cb.id;
+        let local = {
+            let mut table = lock(&self.table);
+            match table.entries.get(&id) {
+                Some(LocalCallback::User(f)) => Some(LocalCallback::User(f.clone())),
+                Some(LocalCallback::Response(_)) => table.remove(id),
+                None => None,
+            }
+        };
+        match local {
+            None => {
+                debug!(session = self.info.id(), id, "unknown callback id");
+                Next::Done
+            }
+            Some(LocalCallback::Response(tx)) => {
+                let outcome = match cb.response() {
+                    Ok((outcome, report)) => {
+                        self.log_report(&report);
+                        outcome
+                    }
+                    Err(e) => {
+                        debug!(session = self.info.id(), id, "malformed response: {e}");
+                        Err(KiteError::invalid_response(format!(
+                            "malformed response: {e}"
+                        )))
                     }
                 };
-                let arguments = match msg.arguments {
-                    Value::Array(a) => a,
-                    other => vec![other],
+                let _ = tx.send(outcome);
+                Next::Done
+            }
+            Some(LocalCallback::User(f)) => {
+                let arguments = match cb.arguments() {
+                    Ok((arguments, report)) => {
+                        self.log_report(&report);
+                        arguments
+                    }
+                    Err(e) => {
+                        debug!(session = self.info.id(), "dropping message: {e}");
+                        return Next::Done;
+                    }
                 };
-                match cb {
-                    None => {
-                        debug!(session = self.info.id(), id, "unknown callback id");
-                        Next::Done
+                let args = Args::new(arguments, self.weak());
+                let session = self.info.id().to_string();
+                Next::Inline(Box::pin(async move {
+                    if AssertUnwindSafe(f.invoke(args))
+                        .catch_unwind()
+                        .await
+                        .is_err()
+                    {
+                        warn!(session, id, "callback panicked");
                     }
-                    Some(LocalCallback::Response(tx)) => {
-                        let _ = tx.send(arguments);
-                        Next::Done
-                    }
-                    Some(LocalCallback::User(f)) => {
-                        let args = Args::new(arguments, self.weak());
-                        let session = self.info.id().to_string();
-                        Next::Inline(Box::pin(async move {
-                            if AssertUnwindSafe(f.invoke(args))
-                                .catch_unwind()
-                                .await
-                                .is_err()
-                            {
-                                warn!(session, id, "callback panicked");
-                            }
-                        }))
-                    }
+                }))
+            }
+        }
+    }
+
+    /// An inline reply with an error (no handler runs).
+    fn reply_error(self: &Arc<Self>, rc: u64, e: KiteError) -> Next {
+        let conn = self.clone();
+        Next::Inline(Box::pin(async move {
+            conn.reply(rc, Err(e), Vec::new()).await;
+        }))
+    }
+
+    fn dispatch_call(self: &Arc<Self>, call: incoming::IncomingCall<'_>) -> Next {
+        self.log_report(&call.report);
+        if self.is_stopping.load(Ordering::Acquire) {
+            // Shutting down: responses and callbacks are still read (in-flight handlers
+            // may wait for them), new requests are refused.
+            return match call.response_callback() {
+                Some(rc) => self.reply_error(rc, KiteError::generic("kite is shutting down")),
+                None => Next::Done,
+            };
+        }
+        let Some(entry) = self.core.method(&call.method) else {
+            let Some(rc) = call.response_callback() else {
+                debug!(session = self.info.id(), method = %call.method, "unknown method, no callback");
+                return Next::Done;
+            };
+            return self.reply_error(rc, KiteError::method_not_found(&call.method));
+        };
+        let request = match call.request {
+            Ok(r) => self.own_request(r),
+            Err(e) => {
+                return match e.response_callback {
+                    Some(rc) => self.reply_error(rc, e.to_kite_error()),
+                    None => Next::Done,
                 }
             }
-            Method::Name(name) => {
-                if self.stop_reading.is_cancelled() {
-                    // Shutting down: responses and callbacks are still read (in-flight
-                    // handlers may wait for them), new requests are refused.
-                    let Some(rc) = envelope::response_callback_of(&msg.arguments) else {
-                        return Next::Done;
+        };
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Next::Handler(Box::pin(serve_request(
+                self.clone(),
+                entry,
+                request,
+                permit,
+            ))),
+            Err(tokio::sync::TryAcquireError::Closed) => Next::Done,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                // At the bound: stop reading until a handler finishes.
+                let conn = self.clone();
+                Next::Inline(Box::pin(async move {
+                    let permit = tokio::select! {
+                        p = conn.permits.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                        _ = conn.closed.cancelled() => return,
                     };
-                    let conn = self.clone();
-                    return Next::Inline(Box::pin(async move {
-                        let e = KiteError::generic("kite is shutting down");
-                        conn.reply(rc, Err(e), Vec::new()).await;
-                    }));
-                }
-                let Some(entry) = self.core.method(&name) else {
-                    let Some(rc) = envelope::response_callback_of(&msg.arguments) else {
-                        debug!(session = self.info.id(), method = %name, "unknown method, no callback");
-                        return Next::Done;
-                    };
-                    let conn = self.clone();
-                    return Next::Inline(Box::pin(async move {
-                        conn.reply(rc, Err(KiteError::method_not_found(&name)), Vec::new())
-                            .await;
-                    }));
-                };
-                match self.permits.clone().try_acquire_owned() {
-                    Ok(permit) => Next::Handler(Box::pin(serve_request(
-                        self.clone(),
-                        entry,
-                        name,
-                        msg.arguments,
-                        permit,
-                    ))),
-                    Err(tokio::sync::TryAcquireError::Closed) => Next::Done,
-                    Err(tokio::sync::TryAcquireError::NoPermits) => {
-                        // At the bound: stop reading until a handler finishes.
-                        let conn = self.clone();
-                        Next::Inline(Box::pin(async move {
-                            let permit = tokio::select! {
-                                p = conn.permits.clone().acquire_owned() => match p {
-                                    Ok(p) => p,
-                                    Err(_) => return,
-                                },
-                                _ = conn.closed.cancelled() => return,
-                            };
-                            tokio::spawn(serve_request(
-                                conn.clone(),
-                                entry,
-                                name,
-                                msg.arguments,
-                                permit,
-                            ));
-                        }))
-                    }
+                    tokio::spawn(serve_request(conn.clone(), entry, request, permit));
+                }))
+            }
+        }
+    }
+
+    /// Takes ownership of a decoded request, reusing the identity and credentials of the
+    /// previous request when they are the same.
+    fn own_request(&self, r: incoming::RequestRef<'_>) -> Incoming {
+        let mut last = lock(&self.last_caller);
+        let caller = match &last.kite {
+            Some(k) if r.kite.matches(k) => k.clone(),
+            _ => {
+                let k = Arc::new(r.kite.to_kite());
+                last.kite = Some(k.clone());
+                last.authenticated = None;
+                k
+            }
+        };
+        let auth = r.authentication.map(|a| match &last.auth {
+            Some(cached) if cached.kind == a.kind && cached.key == a.key => cached.clone(),
+            _ => {
+                let fresh = Arc::new(Auth::new(a.kind, a.key));
+                last.auth = Some(fresh.clone());
+                fresh
+            }
+        });
+        Incoming {
+            caller,
+            auth,
+            with_args: r.with_args,
+            response_callback: r.response_callback,
+            fields: r.fields,
+        }
+    }
+
+    /// `caller` with `username` (the authenticated one), reused across requests.
+    fn authenticated_caller(
+        &self,
+        caller: Arc<KiteIdentity>,
+        username: String,
+    ) -> Arc<KiteIdentity> {
+        if caller.username == username {
+            return caller;
+        }
+        let mut last = lock(&self.last_caller);
+        let same_claim = last.kite.as_ref().is_some_and(|k| Arc::ptr_eq(k, &caller));
+        if same_claim {
+            if let Some(a) = &last.authenticated {
+                if a.username == username {
+                    return a.clone();
                 }
             }
         }
+        let mut k = (*caller).clone();
+        k.username = username;
+        let k = Arc::new(k);
+        if same_claim {
+            last.authenticated = Some(k.clone());
+        }
+        k
     }
 
     async fn reply(
@@ -770,11 +907,18 @@ enum Next {
 
 async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
     conn.core.connection_opened(&conn);
+    // Created once: the token's future registers its waker once, and is polled only
+    // while no message is ready.
+    let closed = conn.closed.cancelled();
+    tokio::pin!(closed);
     loop {
+        if conn.is_closed.load(Ordering::Acquire) {
+            break;
+        }
         let msg = tokio::select! {
             biased;
-            _ = conn.closed.cancelled() => break,
             m = rx.recv() => m,
+            _ = &mut closed => break,
         };
         let Some(text) = msg else { break };
         match conn.dispatch(text) {
@@ -791,7 +935,7 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
             Next::Inline(task) => {
                 tokio::select! {
                     biased;
-                    _ = conn.closed.cancelled() => break,
+                    _ = &mut closed => break,
                     _ = task => {}
                 }
             }
@@ -802,58 +946,26 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
     conn.core.connection_closed(&conn);
 }
 
-fn request_id() -> String {
-    let bytes: [u8; 8] = rand::random();
-    hex::encode(bytes)
-}
-
-/// Moves the non-standard keys out of a request's options object.
-fn take_extra_fields(arguments: &mut Value) -> EnvelopeFields {
-    let mut extra = EnvelopeFields::new();
-    if let Some(Value::Object(options)) = arguments.get_mut(0) {
-        if options.keys().any(|k| !STANDARD_KEYS.contains(&k.as_str())) {
-            let keys: Vec<String> = options
-                .keys()
-                .filter(|k| !STANDARD_KEYS.contains(&k.as_str()))
-                .cloned()
-                .collect();
-            for k in keys {
-                if let Some(v) = options.remove(&k) {
-                    extra.insert(k, v);
-                }
-            }
-        }
-    }
-    extra
-}
-
 async fn serve_request(
     conn: Arc<ConnShared>,
     entry: Arc<MethodEntry>,
-    method: String,
-    mut arguments: Value,
+    incoming: Incoming,
     _permit: OwnedSemaphorePermit,
 ) {
-    let fields = take_extra_fields(&mut arguments);
-    let opts = match envelope::Request::from_arguments(arguments) {
-        Ok(o) => o,
-        Err(e) => {
-            if let Some(rc) = e.response_callback {
-                conn.reply(rc, Err(e.to_kite_error()), Vec::new()).await;
-            }
-            return;
-        }
-    };
-    let rc = opts.response_callback;
-    let mut caller: KiteIdentity = opts.kite;
-    let auth: Option<Auth> = opts.authentication.map(|a| Auth::new(a.kind, a.key));
+    let Incoming {
+        mut caller,
+        auth,
+        with_args,
+        response_callback: rc,
+        fields,
+    } = incoming;
     let accepted = conn.info.role() == Role::Accepted;
     if accepted && conn.remote.get().is_none() {
         let _ = conn.remote.set(caller.clone());
     }
-    let id = request_id();
+    let id = RequestId::random();
     let config = conn.core.config();
-    let username = if accepted && !config.disable_authentication && entry.requires_auth() {
+    if accepted && !config.disable_authentication && entry.requires_auth() {
         let result = match &auth {
             None => Err(KiteError::authentication(
                 "No authentication information is provided",
@@ -865,47 +977,53 @@ async fn serve_request(
             }
         };
         match result {
-            Ok(u) => u,
+            Ok(username) => caller = conn.authenticated_caller(caller, username),
             Err(e) => {
                 if let Some(rc) = rc {
-                    conn.reply(rc, Err(e.with_id(id)), Vec::new()).await;
+                    conn.reply(rc, Err(e.with_id(id.as_str())), Vec::new())
+                        .await;
                 }
                 return;
             }
         }
-    } else {
-        caller.username.clone()
-    };
-    caller.username = username.clone();
+    }
     if let Some(bucket) = entry.bucket() {
         if !bucket.try_take() {
             if let Some(rc) = rc {
-                conn.reply(rc, Err(KiteError::request_limit().with_id(id)), Vec::new())
-                    .await;
+                conn.reply(
+                    rc,
+                    Err(KiteError::request_limit().with_id(id.as_str())),
+                    Vec::new(),
+                )
+                .await;
             }
             return;
         }
     }
     let request = Request(Arc::new(RequestInner {
-        id: id.clone(),
-        method,
-        username,
+        id,
+        method: entry.name.clone(),
         caller,
         auth,
-        args: Args::new(opts.with_args, conn.weak()),
+        args: Args::new(with_args, conn.weak()),
         connection: Connection(conn.clone()),
         fields,
-        cancel: CancellationToken::new(),
+        cancel: OnceLock::new(),
     }));
     let hooks = conn.core.hooks();
     let run = async {
         for pre in &hooks.pre {
             pre(&request)?;
         }
-        let mut svc = entry.service();
-        let svc = svc.ready().await?;
         // A panic while creating or running the handler's future is caught here.
-        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(request.clone())));
+        let fut = match entry.direct() {
+            Some(direct) => std::panic::catch_unwind(AssertUnwindSafe(|| direct(request.clone()))),
+            None => {
+                let mut svc = entry.service();
+                let svc = svc.ready().await?;
+                std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(request.clone())))
+            }
+        };
         match fut {
             Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
                 Ok(r) => r,
@@ -918,7 +1036,13 @@ async fn serve_request(
     for post in &hooks.post {
         post(&request, &mut result);
     }
-    let result = result.map_err(|e| if e.id.is_empty() { e.with_id(&id) } else { e });
+    let result = result.map_err(|e| {
+        if e.id.is_empty() {
+            e.with_id(id.as_str())
+        } else {
+            e
+        }
+    });
     if hooks.finals.is_empty() {
         if let Some(rc) = rc {
             conn.reply(rc, result, functions).await;

@@ -84,7 +84,7 @@ where
 {
     type Response = Value;
     type Error = KiteError;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Value, KiteError>> + Send>>;
+    type Future = HandlerFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), KiteError>> {
         Poll::Ready(Ok(()))
@@ -97,6 +97,29 @@ where
             to_value(&out)
         })
     }
+}
+
+/// A boxed handler future.
+pub(crate) type HandlerFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Value, KiteError>> + Send>>;
+
+/// A `handle_func` closure, callable without the tower service around it.
+pub(crate) type DirectFn = Arc<dyn Fn(Request) -> HandlerFuture + Send + Sync>;
+
+/// The [`DirectFn`] of an async closure (what [`HandlerFn::call`] does).
+pub(crate) fn direct_fn<F, Fut, T>(f: F) -> DirectFn
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, KiteError>> + Send + 'static,
+    T: Serialize,
+{
+    Arc::new(move |req| {
+        let fut = f(req);
+        Box::pin(async move {
+            let out = fut.await?;
+            to_value(&out)
+        })
+    })
 }
 
 /// Wraps an async closure into a [`HandlerService`].
@@ -169,17 +192,31 @@ impl TokenBucket {
 
 /// A registered method.
 pub(crate) struct MethodEntry {
+    /// The method name (shared by every request of the method).
+    pub name: Arc<str>,
     pub raw: HandlerService,
+    /// The closure behind `raw` when it came from `handle_func`: called directly while
+    /// no layer wraps the method (no service clone, no second boxing per request).
+    direct: Option<DirectFn>,
+    use_direct: AtomicBool,
     pub service: RwLock<HandlerService>,
     pub auth: AtomicBool,
     pub bucket: RwLock<Option<Arc<TokenBucket>>>,
 }
 
 impl MethodEntry {
-    pub(crate) fn new(raw: HandlerService, layers: &[LayerFn]) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        raw: HandlerService,
+        direct: Option<DirectFn>,
+        layers: &[LayerFn],
+    ) -> Self {
         let service = compose(&raw, layers);
         MethodEntry {
+            name: Arc::from(name),
             raw,
+            use_direct: AtomicBool::new(direct.is_some() && layers.is_empty()),
+            direct,
             service: RwLock::new(service),
             auth: AtomicBool::new(true),
             bucket: RwLock::new(None),
@@ -188,9 +225,22 @@ impl MethodEntry {
 
     pub(crate) fn recompose(&self, layers: &[LayerFn]) {
         let s = compose(&self.raw, layers);
+        self.use_direct.store(
+            self.direct.is_some() && layers.is_empty(),
+            Ordering::Release,
+        );
         match self.service.write() {
             Ok(mut g) => *g = s,
             Err(p) => *p.into_inner() = s,
+        }
+    }
+
+    /// The handler closure to call directly, when no layer wraps the method.
+    pub(crate) fn direct(&self) -> Option<&DirectFn> {
+        if self.use_direct.load(Ordering::Acquire) {
+            self.direct.as_ref()
+        } else {
+            None
         }
     }
 

@@ -388,7 +388,8 @@ impl Kite {
         Fut: Future<Output = Result<T, KiteError>> + Send + 'static,
         T: Serialize,
     {
-        self.handle(method, handler_fn(f))
+        let direct = crate::handler::direct_fn(f.clone());
+        self.register_method(method, handler_fn(f), Some(direct))
     }
 
     /// Registers a method handled by any tower service.
@@ -397,9 +398,17 @@ impl Kite {
         S: Service<Request, Response = Value, Error = KiteError> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
     {
-        let raw = HandlerService::new(service);
+        self.register_method(method, HandlerService::new(service), None)
+    }
+
+    fn register_method(
+        &self,
+        method: &str,
+        raw: HandlerService,
+        direct: Option<crate::handler::DirectFn>,
+    ) -> Method {
         let layers = read(&self.core.layers);
-        let entry = Arc::new(MethodEntry::new(raw, &layers));
+        let entry = Arc::new(MethodEntry::new(method, raw, direct, &layers));
         write(&self.core.methods).insert(method.to_string(), entry.clone());
         Method { entry }
     }

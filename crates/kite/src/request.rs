@@ -1,6 +1,6 @@
 //! The request a handler receives (PROTOCOL.md 4.1, 9 "per-request context").
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -45,23 +45,53 @@ pub struct Request(pub(crate) Arc<RequestInner>);
 
 #[derive(Debug)]
 pub(crate) struct RequestInner {
-    pub id: String,
-    pub method: String,
-    pub username: String,
-    pub caller: KiteIdentity,
-    pub auth: Option<Auth>,
+    pub id: RequestId,
+    pub method: Arc<str>,
+    /// `username` is the authenticated one when authentication ran.
+    pub caller: Arc<KiteIdentity>,
+    pub auth: Option<Arc<Auth>>,
     pub args: Args,
     pub connection: Connection,
     /// Keys of the options object besides the four standard ones.
     pub fields: EnvelopeFields,
-    /// Fired by [`Request::cancel`].
-    pub cancel: CancellationToken,
+    /// Fired by [`Request::cancel`]; created on first use.
+    pub cancel: OnceLock<CancellationToken>,
+}
+
+/// A request id: 16 lowercase hex characters, kept inline.
+#[derive(Clone, Copy)]
+pub(crate) struct RequestId([u8; 16]);
+
+impl RequestId {
+    /// A fresh random id.
+    pub(crate) fn random() -> RequestId {
+        let bytes: [u8; 8] = rand::random();
+        let mut hex = [0u8; 16];
+        for (i, b) in bytes.iter().enumerate() {
+            hex[2 * i] = HEX[usize::from(b >> 4)];
+            hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        RequestId(hex)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Always ASCII hex digits.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Request {
     /// The request id the server assigned (16 lowercase hex characters).
     pub fn id(&self) -> &str {
-        &self.0.id
+        self.0.id.as_str()
     }
 
     /// The method name.
@@ -72,7 +102,7 @@ impl Request {
     /// The caller's username: the authenticated one when the method required
     /// authentication, else the one the caller claimed.
     pub fn username(&self) -> &str {
-        &self.0.username
+        &self.0.caller.username
     }
 
     /// The caller's identity as sent in the request (`username` replaced by the
@@ -83,7 +113,7 @@ impl Request {
 
     /// The credentials the request carried.
     pub fn auth(&self) -> Option<&Auth> {
-        self.0.auth.as_ref()
+        self.0.auth.as_deref()
     }
 
     /// The method's arguments (`withArgs`, normalized to a list).
@@ -103,19 +133,27 @@ impl Request {
     pub async fn cancelled(&self) {
         tokio::select! {
             _ = self.0.connection.closed() => {}
-            _ = self.0.cancel.cancelled() => {}
+            _ = self.cancel_token().cancelled() => {}
         }
     }
 
     /// Whether the request was cancelled (see [`Request::cancelled`]).
     pub fn is_cancelled(&self) -> bool {
-        self.0.cancel.is_cancelled() || self.0.connection.is_closed()
+        self.0
+            .cancel
+            .get()
+            .is_some_and(CancellationToken::is_cancelled)
+            || self.0.connection.is_closed()
     }
 
     /// Cancels the request: [`Request::cancelled`] completes for everyone watching it.
     /// The handler is not stopped otherwise; the response is still sent if it finishes.
     pub fn cancel(&self) {
-        self.0.cancel.cancel()
+        self.cancel_token().cancel()
+    }
+
+    fn cancel_token(&self) -> &CancellationToken {
+        self.0.cancel.get_or_init(CancellationToken::new)
     }
 
     /// An extra key of the request's options object (anything besides `kite`,

@@ -204,6 +204,124 @@ impl kite::Authenticate for ExpiredTokens {
     }
 }
 
+/// Maps `key-<name>` to the username `<name>`; anything else is rejected.
+struct NamedKeys;
+
+impl kite::Authenticate for NamedKeys {
+    fn authenticate<'a>(
+        &'a self,
+        auth: &'a kite::Auth,
+        _local: &'a kite::protocol::Kite,
+    ) -> kite::handler::AuthFuture<'a> {
+        Box::pin(async move {
+            match auth.key.strip_prefix("key-") {
+                Some(name) => Ok(name.to_string()),
+                None => Err(KiteError::authentication("unknown key")),
+            }
+        })
+    }
+}
+
+/// The server reuses the identity and credentials of a connection's previous request
+/// while they stay the same; every change must still be seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_identity_and_credentials_follow_each_request() {
+    let mut k = math_kite();
+    k.config.disable_authentication = false;
+    k.set_authenticator(NamedKeys);
+    let who = |r: Request| async move {
+        Ok(json!([
+            r.username(),
+            r.caller().name,
+            r.caller().username,
+            r.caller().id,
+            r.auth().map(|a| a.key.clone())
+        ]))
+    };
+    k.handle_func("who", who);
+    k.handle_func("whoOpen", who).disable_authentication();
+    let served = serve(k).await;
+    let mut ws = raw(&served.url).await;
+    let call = |rc: u64, method: &str, kite: Value, key: Option<&str>| {
+        json!({
+            "method": method,
+            "arguments": [{"kite": kite,
+                           "authentication": key.map(|k| json!({"type": "token", "key": k})),
+                           "responseCallback": "[Function]", "withArgs": []}],
+            "callbacks": {rc.to_string(): [0, "responseCallback"]}
+        })
+        .to_string()
+    };
+    let cases = [
+        (
+            "who",
+            json!({"name": "a", "username": "claimed", "id": "1"}),
+            Some("key-alice"),
+            json!(["alice", "a", "alice", "1", "key-alice"]),
+        ),
+        (
+            "who",
+            json!({"name": "a", "username": "claimed", "id": "1"}),
+            Some("key-alice"),
+            json!(["alice", "a", "alice", "1", "key-alice"]),
+        ),
+        (
+            "who",
+            json!({"name": "a", "username": "claimed", "id": "1"}),
+            Some("key-bob"),
+            json!(["bob", "a", "bob", "1", "key-bob"]),
+        ),
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "1"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "1", "key-bob"]),
+        ),
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "2", "key-bob"]),
+        ),
+        (
+            "whoOpen",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bob"),
+            json!(["claimed", "b", "claimed", "2", "key-bob"]),
+        ),
+        (
+            "whoOpen",
+            json!({"name": "b\"q", "username": "esc\tped", "id": "2"}),
+            None,
+            json!(["esc\tped", "b\"q", "esc\tped", "2", null]),
+        ),
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-alice"),
+            json!(["alice", "b", "alice", "2", "key-alice"]),
+        ),
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "2", "key-bob"]),
+        ),
+    ];
+    for (i, (method, kite, key, want)) in cases.into_iter().enumerate() {
+        let rc = i as u64;
+        send(&mut ws, &call(rc, method, kite, key)).await;
+        let m = next(&mut ws).await;
+        assert_eq!(m["method"], json!(rc));
+        assert_eq!(m["arguments"][0]["result"], want, "case {i}");
+    }
+    // A rejected key after accepted ones is rejected.
+    send(&mut ws, &call(50, "who", json!({"name": "b"}), Some("bad"))).await;
+    let m = next(&mut ws).await;
+    assert_eq!(m["arguments"][0]["error"]["type"], "authenticationError");
+    served.handle.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_errors_typed_args_token_hooks_and_callback_bound() {
     let mut k = Kite::new("math", "1.0.0").unwrap();
@@ -349,6 +467,13 @@ async fn odd_responder() -> (String, tokio::task::JoinHandle<()>) {
                         "null" => json!([null]),
                         "pairError" => json!([{"message": "js failure"}, null]),
                         "string" => json!(["plain failure"]),
+                        "deep" => {
+                            let mut v = json!(1);
+                            for _ in 0..200 {
+                                v = json!([v]);
+                            }
+                            json!([{"error": null, "result": v}])
+                        }
                         _ => json!([1, 2, 3]),
                     };
                     let reply =
@@ -395,5 +520,13 @@ async fn liberal_response_decoding() {
             (got, want) => panic!("{shape}: got {got:?}, want {want:?}"),
         }
     }
+    // A response nested beyond the decoder's depth limit fails the call at once (it used
+    // to be dropped, leaving the call waiting).
+    let e = tokio::time::timeout(Duration::from_secs(5), c.tell("anything", &("deep",)))
+        .await
+        .expect("answered in time")
+        .unwrap_err();
+    assert_eq!(e.kind, "invalidResponse");
+    assert!(e.message.starts_with("malformed response"), "{}", e.message);
     task.abort();
 }

@@ -377,6 +377,11 @@ async fn layers_and_hooks_wrap_every_method() {
     server.layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
         200,
     )));
+    // A method added after the layer is wrapped too.
+    server.handle_func("slowLater", |_r: Request| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(0)
+    });
     let served = serve(server).await;
     let k = client_kite(Transport::WebSocket);
     let c = k.new_client(&served.url);
@@ -384,13 +389,15 @@ async fn layers_and_hooks_wrap_every_method() {
     let e = c.tell("slow", &(1000,)).await.unwrap_err();
     assert_eq!(e.kind, "genericError");
     assert!(e.message.contains("timed out"), "{e}");
+    let e = c.tell("slowLater", &()).await.unwrap_err();
+    assert!(e.message.contains("timed out"), "{e}");
     assert_eq!(
         c.tell("echo", &("forbidden",)).await.unwrap_err().kind,
         "forbidden"
     );
     assert_eq!(c.tell("square", &(2,)).await.unwrap().as_f64(), Some(4.0));
     assert!(
-        eventually(Duration::from_secs(2), || seen.lock().unwrap().len() == 3).await,
+        eventually(Duration::from_secs(2), || seen.lock().unwrap().len() == 4).await,
         "{:?}",
         seen.lock().unwrap()
     );

@@ -2,12 +2,14 @@
 //! counts and path shapes while parsing, so oversized or malformed `callbacks`/`links`
 //! are rejected before they are built.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{
     self, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{
@@ -21,6 +23,68 @@ type Slot<'a> = &'a Cell<Option<DecodeError>>;
 const MAX_SAFE_FLOAT: f64 = 9_007_199_254_740_992.0;
 
 pub(super) fn decode(text: &str, limits: &Limits) -> Result<Message, DecodeError> {
+    let parts = decode_parts(text, limits)?;
+    let arguments = parts.arguments_value()?;
+    let method = match parts.method {
+        PartsMethod::Name(n) => Method::Name(n.into_owned()),
+        PartsMethod::Callback(id) => Method::Callback(id),
+    };
+    Ok(Message {
+        method,
+        arguments,
+        callbacks: parts.callbacks,
+        links: parts.links,
+    })
+}
+
+/// The method of a message decoded by [`decode_parts`], borrowing its name from the text
+/// when it has no escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PartsMethod<'a> {
+    Name(Cow<'a, str>),
+    Callback(u64),
+}
+
+/// A message whose `arguments` are left as raw JSON text: the caller decides how to
+/// parse them once the method and callbacks are known (a typed request envelope, a
+/// response, or a generic [`Value`]).
+#[derive(Debug)]
+pub(crate) struct Parts<'a> {
+    pub method: PartsMethod<'a>,
+    /// `None` when absent or `null` (or decoded early); otherwise the raw text of a JSON
+    /// array (checked).
+    pub arguments: Option<&'a RawValue>,
+    /// The arguments decoded as soon as they were met (see [`decode_parts_with`]).
+    pub early: Option<Early<'a>>,
+    pub callbacks: Callbacks,
+    pub links: Vec<Link>,
+}
+
+impl Parts<'_> {
+    /// The arguments as a [`Value`] array (`[]` when absent or `null`).
+    pub fn arguments_value(&self) -> Result<Value, DecodeError> {
+        match self.arguments {
+            None => Ok(Value::Array(Vec::new())),
+            Some(raw) => Ok(serde_json::from_str(raw.get())?),
+        }
+    }
+}
+
+/// Decodes a message within `limits`, validating everything but leaving `arguments` as
+/// raw text (whose JSON syntax is checked; its nesting depth is checked when it is parsed).
+pub(crate) fn decode_parts<'a>(text: &'a str, limits: &Limits) -> Result<Parts<'a>, DecodeError> {
+    decode_parts_with(text, limits, false)
+}
+
+/// [`decode_parts`]; with `early`, arguments that follow a `method` are decoded right away
+/// as a request envelope or a response ([`Parts::early`]) instead of being kept as raw
+/// text. Such a decode fails on any shape the typed decoders do not take; the caller then
+/// decodes again without `early`.
+pub(crate) fn decode_parts_with<'a>(
+    text: &'a str,
+    limits: &Limits,
+    early: bool,
+) -> Result<Parts<'a>, DecodeError> {
     if text.len() > limits.max_message_bytes {
         return Err(DecodeError::TooLarge {
             size: text.len(),
@@ -32,6 +96,7 @@ pub(super) fn decode(text: &str, limits: &Limits) -> Result<Message, DecodeError
     let raw = match (MessageSeed {
         limits,
         slot: &slot,
+        early,
     })
     .deserialize(&mut de)
     .and_then(|raw| de.end().map(|()| raw))
@@ -41,27 +106,44 @@ pub(super) fn decode(text: &str, limits: &Limits) -> Result<Message, DecodeError
     };
     let method = match raw.method {
         None => return Err(DecodeError::MissingMethod),
-        Some(RawMethod::Name(n)) => Method::Name(n),
-        Some(RawMethod::Id(id)) => Method::Callback(id),
+        Some(RawMethod::Name(n)) => PartsMethod::Name(n),
+        Some(RawMethod::Id(id)) => PartsMethod::Callback(id),
         Some(RawMethod::Unsupported(what)) => return Err(DecodeError::UnsupportedMethod(what)),
     };
     let arguments = match raw.arguments {
-        None | Some(Value::Null) => Value::Array(Vec::new()),
-        Some(v @ Value::Array(_)) => v,
-        Some(other) => return Err(DecodeError::InvalidArguments(json_type_name(&other))),
+        None => None,
+        Some(a) => match a.get().as_bytes().first() {
+            Some(b'[') => Some(a),
+            Some(b'n') => None,
+            _ => {
+                let other: Value = serde_json::from_str(a.get())?;
+                return Err(DecodeError::InvalidArguments(json_type_name(&other)));
+            }
+        },
     };
-    Ok(Message {
+    Ok(Parts {
         method,
         arguments,
+        early: raw.early,
         callbacks: raw.callbacks.unwrap_or_default(),
         links: raw.links.unwrap_or_default(),
     })
 }
 
+/// Arguments decoded by a typed decoder while parsing the message.
+#[derive(Debug)]
+pub(crate) enum Early<'a> {
+    /// The options of a call of a named method.
+    Request(crate::incoming::Options<'a>),
+    /// A response `[{"error", "result"}]`: its outcome, or `None` for another shape.
+    Response(Option<Result<Value, crate::error::KiteError>>),
+}
+
 #[derive(Default)]
-struct RawMessage {
-    method: Option<RawMethod>,
-    arguments: Option<Value>,
+struct RawMessage<'a> {
+    method: Option<RawMethod<'a>>,
+    arguments: Option<&'a RawValue>,
+    early: Option<Early<'a>>,
     callbacks: Option<Callbacks>,
     links: Option<Vec<Link>>,
 }
@@ -69,29 +151,47 @@ struct RawMessage {
 struct MessageSeed<'a> {
     limits: &'a Limits,
     slot: Slot<'a>,
+    early: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for MessageSeed<'_> {
-    type Value = RawMessage;
+    type Value = RawMessage<'de>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawMessage, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawMessage<'de>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for MessageSeed<'_> {
-    type Value = RawMessage;
+    type Value = RawMessage<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a dnode message object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMessage, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMessage<'de>, A::Error> {
         let mut raw = RawMessage::default();
         while let Some(key) = map.next_key::<TopKey>()? {
             match key {
                 TopKey::Method => raw.method = Some(map.next_value()?),
-                TopKey::Arguments => raw.arguments = Some(map.next_value()?),
+                TopKey::Arguments => match (&raw.method, self.early) {
+                    (Some(RawMethod::Name(_)), true) => {
+                        raw.early = Some(Early::Request(
+                            map.next_value_seed(crate::incoming::OneOptions)?,
+                        ));
+                        raw.arguments = None;
+                    }
+                    (Some(RawMethod::Id(_)), true) => {
+                        raw.early = Some(Early::Response(
+                            map.next_value_seed(crate::incoming::FastResponse)?,
+                        ));
+                        raw.arguments = None;
+                    }
+                    _ => {
+                        raw.arguments = Some(map.next_value()?);
+                        raw.early = None;
+                    }
+                },
                 TopKey::Callbacks => {
                     raw.callbacks = Some(map.next_value_seed(CallbacksSeed {
                         limits: self.limits,
@@ -155,36 +255,39 @@ fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
     Ok(())
 }
 
-enum RawMethod {
-    Name(String),
+enum RawMethod<'a> {
+    Name(Cow<'a, str>),
     Id(u64),
     Unsupported(String),
 }
 
-impl<'de> de::Deserialize<'de> for RawMethod {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawMethod, D::Error> {
+impl<'de> de::Deserialize<'de> for RawMethod<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawMethod<'de>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawMethod;
+            type Value = RawMethod<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a method name or callback id")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMethod, E> {
-                Ok(RawMethod::Name(v.to_string()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<RawMethod<'de>, E> {
+                Ok(RawMethod::Name(Cow::Borrowed(v)))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<RawMethod, E> {
-                Ok(RawMethod::Name(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawMethod<'de>, E> {
+                Ok(RawMethod::Name(Cow::Owned(v.to_string())))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawMethod, E> {
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawMethod<'de>, E> {
+                Ok(RawMethod::Name(Cow::Owned(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawMethod<'de>, E> {
                 Ok(RawMethod::Id(v))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawMethod, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawMethod<'de>, E> {
                 Ok(match u64::try_from(v) {
                     Ok(id) => RawMethod::Id(id),
                     Err(_) => RawMethod::Unsupported(v.to_string()),
                 })
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawMethod, E> {
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawMethod<'de>, E> {
                 Ok(if v.fract() == 0.0 && (0.0..=MAX_SAFE_FLOAT).contains(&v) {
                     // Exact: an integral float no larger than 2^53.
                     RawMethod::Id(v as u64)
@@ -192,17 +295,17 @@ impl<'de> de::Deserialize<'de> for RawMethod {
                     RawMethod::Unsupported(v.to_string())
                 })
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawMethod, E> {
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawMethod<'de>, E> {
                 Ok(RawMethod::Unsupported(v.to_string()))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<RawMethod, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<RawMethod<'de>, E> {
                 Ok(RawMethod::Unsupported("null".to_string()))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawMethod, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawMethod<'de>, A::Error> {
                 drain_seq(seq)?;
                 Ok(RawMethod::Unsupported("an array".to_string()))
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMethod, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMethod<'de>, A::Error> {
                 drain_map(map)?;
                 Ok(RawMethod::Unsupported("an object".to_string()))
             }

@@ -32,8 +32,8 @@
 //! assert_eq!(dnode::parse_callback_marker(marker), Some(0));
 //! ```
 
-mod decode;
-mod scrub;
+pub(crate) mod decode;
+pub(crate) mod scrub;
 mod table;
 
 use std::fmt::{self, Write as _};

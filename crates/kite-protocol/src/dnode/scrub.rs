@@ -178,7 +178,7 @@ pub struct UnscrubReport {
     pub links_ignored: usize,
 }
 
-enum Placed {
+pub(crate) enum Placed {
     Done,
     Missing,
     Invalid,
@@ -221,7 +221,7 @@ fn follow<'v>(root: &'v Value, path: &[PathElement]) -> Option<&'v Value> {
 
 /// Sets the value at `path`. The parent must exist; an array index must be in range; a
 /// missing last object key is inserted.
-fn place(root: &mut Value, path: &[PathElement], value: Value) -> Placed {
+pub(crate) fn place(root: &mut Value, path: &[PathElement], value: Value) -> Placed {
     let Some((last, parents)) = path.split_last() else {
         return Placed::Invalid;
     };
