@@ -35,7 +35,7 @@ mod xhr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::session::{Outbound, Session};
+use crate::session::Session;
 
 pub use cookies::CookieJar;
 
@@ -226,35 +226,6 @@ fn session_ids() -> (u16, String) {
 /// How many queued items one write takes at most.
 const MAX_BATCH_ITEMS: usize = 256;
 
-/// Encodes the messages of `batch` (draining it) into client frames `["m1","m2"]` of about
-/// `max_bytes` each, appended to `frames`. Returns `true` if a close was requested (items
-/// after it are dropped).
-fn encode_batch(batch: &mut Vec<Outbound>, frames: &mut Vec<String>, max_bytes: usize) -> bool {
-    let mut frame = String::new();
-    let mut close = false;
-    for item in batch.drain(..) {
-        match item {
-            Outbound::Message(message) => {
-                if !frame.is_empty() && frame.len() + message.len() + 3 > max_bytes {
-                    frame.push(']');
-                    frames.push(std::mem::take(&mut frame));
-                }
-                frame.push(if frame.is_empty() { '[' } else { ',' });
-                kite_protocol::sockjs::quote_into(&message, &mut frame);
-            }
-            Outbound::Close { .. } => {
-                close = true;
-                break;
-            }
-        }
-    }
-    if !frame.is_empty() {
-        frame.push(']');
-        frames.push(frame);
-    }
-    close
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,29 +240,5 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }
-    }
-
-    #[test]
-    fn batches_split_by_size_and_stop_at_close() {
-        let mut batch = vec![
-            Outbound::Message("a".repeat(10)),
-            Outbound::Message("b\"".to_string()),
-            Outbound::Message("c".repeat(30)),
-            Outbound::Close {
-                code: 3000,
-                reason: "x".into(),
-            },
-            Outbound::Message("lost".into()),
-        ];
-        let mut frames = Vec::new();
-        assert!(encode_batch(&mut batch, &mut frames, 24));
-        assert_eq!(
-            frames,
-            vec![
-                format!("[\"{}\",\"b\\\"\"]", "a".repeat(10)),
-                format!("[\"{}\"]", "c".repeat(30)),
-            ]
-        );
-        assert!(batch.is_empty());
     }
 }

@@ -19,7 +19,8 @@ use kite_protocol::sockjs::{decode_server_frame, ServerFrame};
 use tokio::task::AbortHandle;
 
 use super::net::{connect_stream, Target};
-use super::{encode_batch, session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
+use super::{session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
+use crate::frames::encode_frames;
 use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
 
 /// Settings shared by both lanes of one session.
@@ -302,11 +303,13 @@ async fn send_loop(path: &str, mut lane: Lane, mut outbound: TransportSide) -> S
     let send_timeout = lane.shared.config.poll_timeout;
     let mut batch = Vec::with_capacity(16);
     let mut frames = Vec::with_capacity(1);
+    let mut buf = bytes::BytesMut::new();
     loop {
         if !outbound.next_batch(&mut batch, MAX_BATCH_ITEMS).await {
             return "every sender was dropped".into();
         }
-        let close = encode_batch(&mut batch, &mut frames, max_batch_bytes);
+        let close =
+            encode_frames(&mut batch, b"", &mut buf, &mut frames, max_batch_bytes).is_some();
         for frame in frames.drain(..) {
             let send = async {
                 let response = lane.post(path, Bytes::from(frame)).await?;
