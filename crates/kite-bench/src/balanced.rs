@@ -58,22 +58,10 @@ impl InProcessKontrol {
             .await
             .context("Kontrol's embedded store")?,
         );
-        let mut kite = KontrolKite::new_kite("0.0.1")?;
-        kite.config.ip = "127.0.0.1".into();
-        kite.config.port = 0;
-        let config = KontrolConfig::new("kontrol", "");
-        let server = Arc::new(
-            KontrolKite::start(kite, config, storage)
-                .await
-                .context("start Kontrol")?,
-        );
+        let server = KontrolKite::spawn_local(KontrolConfig::new("kontrol", ""), storage)
+            .await
+            .context("start Kontrol")?;
         let url = server.url().context("a listening Kontrol has a URL")?;
-        let s = server.clone();
-        tokio::spawn(async move {
-            if let Err(e) = s.serve().await {
-                tracing::error!("bench Kontrol: {e}");
-            }
-        });
         Ok(InProcessKontrol {
             server,
             url,

@@ -43,18 +43,13 @@ async fn start_kontrol(adjust: impl FnOnce(&mut KontrolConfig)) -> Setup {
             .await
             .unwrap(),
     );
-    let mut kite = KontrolKite::new_kite("0.0.1").unwrap();
-    kite.config.ip = "127.0.0.1".into();
-    kite.config.port = 0;
     let mut config = KontrolConfig::new("kontrol", "");
     config.heartbeat_interval = Duration::from_secs(1);
     config.heartbeat_grace = Duration::from_secs(1);
     config.key_bits = 1024;
     adjust(&mut config);
-    let server = Arc::new(KontrolKite::start(kite, config, storage).await.unwrap());
+    let server = KontrolKite::spawn_local(config, storage).await.unwrap();
     let url = server.url().unwrap();
-    let s = server.clone();
-    tokio::spawn(async move { s.serve().await });
     Setup {
         server,
         url,

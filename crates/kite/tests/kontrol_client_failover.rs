@@ -93,21 +93,14 @@ async fn two_kontrols(dir: &std::path::Path) -> (Replica, Replica) {
     );
     let mut replicas = Vec::new();
     for _ in 0..2 {
-        let mut kite = KontrolKite::new_kite("0.0.1").unwrap();
-        kite.config.ip = "127.0.0.1".into();
-        kite.config.port = 0;
         let mut config = KontrolConfig::new("kontrol", "");
         config.heartbeat_interval = Duration::from_secs(1);
         config.heartbeat_grace = Duration::from_secs(2);
         config.key_bits = 1024;
-        let server = Arc::new(
-            KontrolKite::start(kite, config, storage.clone())
-                .await
-                .unwrap(),
-        );
+        let server = KontrolKite::spawn_local(config, storage.clone())
+            .await
+            .unwrap();
         let url = server.url().unwrap();
-        let s = server.clone();
-        tokio::spawn(async move { s.serve().await });
         replicas.push(Replica { server, url });
     }
     let b = replicas.pop().unwrap();

@@ -140,6 +140,47 @@ impl KontrolKite {
         Ok(KontrolKite { kite, kontrol })
     }
 
+    /// Starts Kontrol inside this process, for tests and embedding: a [`new_kite`](Self::new_kite)
+    /// listening on 127.0.0.1 with an ephemeral port, [`start`](Self::start)ed on
+    /// `storage` and served on a spawned task (a serve error is logged). Its URL is
+    /// [`url`](Self::url); stop it with [`shutdown`](Self::shutdown).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use kontrol::kite_service::KontrolKite;
+    /// use kontrol::storage::{EmbeddedConfig, Storage, StorageConfig};
+    /// use kontrol::KontrolConfig;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let embedded = EmbeddedConfig::new(dir.path().join("data"));
+    /// let storage = Storage::connect(&StorageConfig::Embedded(embedded)).await?;
+    /// let mut config = KontrolConfig::new("kontrol", "");
+    /// config.key_bits = 1024; // quick to generate; keep the default in production
+    /// let kontrol = KontrolKite::spawn_local(config, Arc::new(storage)).await?;
+    /// assert!(kontrol.url().is_some_and(|u| u.starts_with("http://127.0.0.1:")));
+    /// kontrol.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn spawn_local(
+        config: KontrolConfig,
+        storage: Arc<Storage>,
+    ) -> Result<Arc<KontrolKite>, KontrolError> {
+        let mut kite = Self::new_kite(env!("CARGO_PKG_VERSION"))
+            .map_err(|e| KontrolError::InvalidArgument(format!("kontrol kite: {e}")))?;
+        kite.config.ip = "127.0.0.1".into();
+        kite.config.port = 0;
+        let server = Arc::new(Self::start(kite, config, storage).await?);
+        let s = server.clone();
+        tokio::spawn(async move {
+            if let Err(e) = s.serve().await {
+                tracing::error!("in-process Kontrol: {e}");
+            }
+        });
+        Ok(server)
+    }
+
     /// The kite.
     pub fn kite(&self) -> &kite::Kite {
         &self.kite
