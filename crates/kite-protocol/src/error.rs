@@ -277,7 +277,7 @@ fn write_fraction(out: &mut String, value: u128, unit: u128) {
 
 /// Formats 64 random bits as a request id: 16 lowercase hex characters.
 pub fn request_id_from(random: u64) -> String {
-    format!("{random:016x}")
+    RequestId::from_bits(random).as_str().to_owned()
 }
 
 thread_local! {
@@ -288,15 +288,63 @@ thread_local! {
 /// generator seeded from the standard library's per-process random hash keys. Unique and
 /// unpredictable enough for correlating logs; not a cryptographic secret.
 pub fn new_request_id() -> String {
-    let x = ID_STATE.with(|s| {
-        let next = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        s.set(next);
-        next
-    });
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    request_id_from(z ^ (z >> 31))
+    RequestId::new().as_str().to_owned()
+}
+
+/// A request id kept inline (no allocation): what [`new_request_id`] returns as a
+/// `String`.
+///
+/// ```
+/// use kite_protocol::RequestId;
+/// let id = RequestId::from_bits(0xab);
+/// assert_eq!(id.as_str(), "00000000000000ab");
+/// assert_eq!(RequestId::new().as_str().len(), 16);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    /// A fresh id (see [`new_request_id`]).
+    #[allow(clippy::new_without_default)] // A fresh random value, not a default.
+    pub fn new() -> RequestId {
+        let x = ID_STATE.with(|s| {
+            let next = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(next);
+            next
+        });
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        RequestId::from_bits(z ^ (z >> 31))
+    }
+
+    /// The id of 64 random bits.
+    pub fn from_bits(random: u64) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 16];
+        for (i, slot) in hex.iter_mut().enumerate() {
+            *slot = HEX[((random >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(hex)
+    }
+
+    /// The 16 hex characters.
+    pub fn as_str(&self) -> &str {
+        // Always ASCII hex digits.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -301,7 +301,7 @@ fn from_parts<'a>(
         }
         PartsMethod::Name(ref n) => n.clone(),
     };
-    if let Some(raw) = parts.arguments {
+    if let Some(raw) = parts.arguments.filter(|_| fast_eligible(&parts)) {
         let mut de = serde_json::Deserializer::from_str(raw.get());
         let options = OneOptions
             .deserialize(&mut de)
@@ -382,16 +382,20 @@ fn target(path: &[PathElement]) -> Option<Target<'_>> {
     }
 }
 
+/// Whether the fast path can take the message: no links, and every callback at
+/// `responseCallback` or inside `withArgs`. Checked before the options are decoded, so
+/// a message that cannot take it is not decoded typed for nothing.
+fn fast_eligible(parts: &Parts<'_>) -> bool {
+    parts.links.is_empty() && parts.callbacks.iter().all(|(_, p)| target(p).is_some())
+}
+
 /// The request in the usual shape, decoded without a JSON tree for the envelope; `None`
 /// sends the message down the general path.
 fn fast_request<'a>(
     parts: &Parts<'a>,
     options: Options<'a>,
 ) -> Option<(RequestRef<'a>, UnscrubReport)> {
-    if !parts.links.is_empty() {
-        return None;
-    }
-    if parts.callbacks.iter().any(|(_, p)| target(p).is_none()) {
+    if !fast_eligible(parts) {
         return None;
     }
 

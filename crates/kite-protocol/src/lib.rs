@@ -73,6 +73,6 @@ pub mod version;
 
 pub use dnode::{CallbackTable, Callbacks, DecodeError, Limits, Message, Method};
 pub use envelope::{Authentication, Request, RequestError};
-pub use error::{format_go_duration, new_request_id, KiteError};
+pub use error::{format_go_duration, new_request_id, KiteError, RequestId};
 pub use identity::{IdentityError, Kite, KontrolQuery, QueryError, QueryMatcher};
 pub use version::{Constraints, Version, VersionError, VersionFilter};

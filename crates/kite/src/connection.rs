@@ -30,10 +30,10 @@ use crate::error::KiteError;
 use crate::handler::{with_reply_scope, MethodEntry};
 use crate::kite::Core;
 use crate::protocol::Kite as KiteIdentity;
-use crate::request::{Auth, Request, RequestId, RequestInner};
+use crate::request::{Auth, Request, RequestInner};
 use crate::settings::Limits;
 use kite_protocol::dnode::{self, Callbacks, Message, Method};
-use kite_protocol::{envelope, incoming};
+use kite_protocol::{envelope, incoming, RequestId};
 use kite_sockjs::session::{Role, Session, SessionInfo, SessionReceiver, SessionSender};
 
 /// Extra keys of a request's options object, sent next to `withArgs` (e.g. a deadline or
@@ -481,7 +481,8 @@ impl ConnShared {
 
     /// Sends a call of `method` in one pass (no options tree): the cached identity and
     /// credential JSON are spliced into the message. `response` gets the outcome; function
-    /// markers in `with_args` index `functions`. Returns the response callback's id.
+    /// markers in `with_args` are numbered from 1 (0 is the response callback): marker `n`
+    /// is `functions[n - 1]`. Returns the response callback's id.
     async fn send_call(
         &self,
         method: &str,
@@ -963,7 +964,7 @@ async fn serve_request(
     if accepted && conn.remote.get().is_none() {
         let _ = conn.remote.set(caller.clone());
     }
-    let id = RequestId::random();
+    let id = RequestId::new();
     let config = conn.core.config();
     if accepted && !config.disable_authentication && entry.requires_auth() {
         let result = match &auth {

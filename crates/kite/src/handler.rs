@@ -91,11 +91,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let fut = (self.f)(req);
-        Box::pin(async move {
-            let out = fut.await?;
-            to_value(&out)
-        })
+        boxed_call(&self.f, req)
     }
 }
 
@@ -113,12 +109,20 @@ where
     Fut: Future<Output = Result<T, KiteError>> + Send + 'static,
     T: Serialize,
 {
-    Arc::new(move |req| {
-        let fut = f(req);
-        Box::pin(async move {
-            let out = fut.await?;
-            to_value(&out)
-        })
+    Arc::new(move |req| boxed_call(&f, req))
+}
+
+/// Calls a handler closure; its result is serialized with [`to_value`].
+fn boxed_call<F, Fut, T>(f: &F, req: Request) -> HandlerFuture
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Result<T, KiteError>> + Send + 'static,
+    T: Serialize,
+{
+    let fut = f(req);
+    Box::pin(async move {
+        let out = fut.await?;
+        to_value(&out)
     })
 }
 

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::args::Args;
 use crate::connection::{Connection, EnvelopeFields};
 use crate::protocol::Kite as KiteIdentity;
+use kite_protocol::RequestId;
 
 /// Credentials carried by a request: `{"type": ..., "key": ...}` (PROTOCOL.md 6.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,36 +57,6 @@ pub(crate) struct RequestInner {
     pub fields: EnvelopeFields,
     /// Fired by [`Request::cancel`]; created on first use.
     pub cancel: OnceLock<CancellationToken>,
-}
-
-/// A request id: 16 lowercase hex characters, kept inline.
-#[derive(Clone, Copy)]
-pub(crate) struct RequestId([u8; 16]);
-
-impl RequestId {
-    /// A fresh random id.
-    pub(crate) fn random() -> RequestId {
-        let bytes: [u8; 8] = rand::random();
-        let mut hex = [0u8; 16];
-        for (i, b) in bytes.iter().enumerate() {
-            hex[2 * i] = HEX[usize::from(b >> 4)];
-            hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-        RequestId(hex)
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        // Always ASCII hex digits.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-impl std::fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl Request {
