@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::http_util::{self, JAVASCRIPT, TEXT_PLAIN};
 use super::{SessionSlot, Shared};
+use crate::frames::encode_frames;
 use crate::session::{Deliverer, Outbound, Role, Session, SessionInfo, Transport, TransportSide};
 
 /// Which receiving transport a request uses.
@@ -343,39 +344,16 @@ fn go_away() -> Next {
     )
 }
 
-/// Encodes the messages of `batch` up to the first close request as one `a[...]` frame.
-/// Returns the frame (if there were messages) and the close request (if any); clears
-/// `batch`. Messages queued after a close request are dropped.
+/// Encodes the messages of `batch` up to the first close request as one `a[...]` frame
+/// ([`encode_frames`], the WebSocket's encoder). Returns the frame (if there were
+/// messages) and the close request (if any); clears `batch`. Messages queued after a
+/// close request are dropped.
 pub(crate) fn encode_batch(batch: &mut Vec<Outbound>) -> (Option<String>, Option<(u32, String)>) {
-    let mut close = None;
-    let mut end = batch.len();
-    for (i, item) in batch.iter_mut().enumerate() {
-        if let Outbound::Close { code, reason } = item {
-            close = Some((*code, std::mem::take(reason)));
-            end = i;
-            break;
-        }
-    }
-    let frame = (end > 0).then(|| {
-        let len: usize = batch[..end]
-            .iter()
-            .map(|o| match o {
-                Outbound::Message(m) => m.len() + 3,
-                Outbound::Close { .. } => 0,
-            })
-            .sum();
-        let mut frame = String::with_capacity(len + 3);
-        sockjs::encode_messages(
-            batch[..end].iter().filter_map(|o| match o {
-                Outbound::Message(m) => Some(m.as_str()),
-                Outbound::Close { .. } => None,
-            }),
-            &mut frame,
-        );
-        frame
-    });
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::with_capacity(1);
+    let close = encode_frames(batch, b"a", &mut buf, &mut frames, usize::MAX);
     batch.clear();
-    (frame, close)
+    (frames.pop().map(|f| f.as_str().to_owned()), close)
 }
 
 fn close_frame(code: u32, reason: &str) -> String {
