@@ -65,6 +65,10 @@ struct Cli {
     /// `rpc` without the echo ceiling (e.g. to profile one case).
     #[arg(long, global = true)]
     no_ceiling: bool,
+    /// Credentials of the `auth` table (default none,token,kite-key); the table and the
+    /// token target need all three, fewer only print progress lines (e.g. to profile one).
+    #[arg(long, global = true, value_enum, value_delimiter = ',')]
+    credentials: Option<Vec<rpc::AuthMode>>,
     /// Idle connection counts of the `memory` table (default 1000,5000).
     #[arg(long, global = true, value_delimiter = ',')]
     connections: Option<Vec<usize>>,
@@ -193,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<Findings> {
         sharing: cli.sharing,
         wires: cli.wires,
         no_ceiling: cli.no_ceiling,
+        credentials: cli.credentials,
         connections: cli.connections,
         kites: cli.kites,
         queries: cli.queries,

@@ -53,6 +53,8 @@ pub(crate) struct Plan {
     pub xhr_callers: usize,
     pub ceiling: bool,
     pub wires: Vec<crate::rpc::Wire>,
+    /// Credentials of the `auth` table.
+    pub credentials: Vec<crate::rpc::AuthMode>,
     pub connections: Vec<usize>,
     pub kites: Vec<usize>,
     pub queries: usize,
@@ -72,6 +74,7 @@ pub(crate) struct Overrides {
     pub sharing: Option<Sharing>,
     pub wires: Option<Vec<crate::rpc::Wire>>,
     pub no_ceiling: bool,
+    pub credentials: Option<Vec<crate::rpc::AuthMode>>,
     pub connections: Option<Vec<usize>>,
     pub kites: Option<Vec<usize>>,
     pub queries: Option<usize>,
@@ -159,6 +162,10 @@ impl Plan {
                 .wires
                 .clone()
                 .unwrap_or_else(|| vec![Wire::SockJsWs, Wire::RawWs, Wire::RawDnode, Wire::Xhr]),
+            credentials: o.credentials.clone().unwrap_or_else(|| {
+                use crate::rpc::AuthMode;
+                vec![AuthMode::None, AuthMode::Token, AuthMode::KiteKey]
+            }),
             connections: o.connections.clone().unwrap_or(connections),
             kites: o.kites.clone().unwrap_or(kites),
             queries: o.queries.unwrap_or(queries),

@@ -14,7 +14,7 @@ use crate::raw::RawWsConnector;
 use crate::stats::Caller;
 
 /// Credentials a server may require.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum AuthMode {
     /// `disable_authentication = true`.
     None,
