@@ -171,6 +171,29 @@ fn fast_string_array(text: &str) -> Option<Vec<String>> {
 
 /// [`fast_string_array`], appending to `out` (which holds garbage on `None`).
 fn fast_string_array_into(text: &str, out: &mut Vec<String>) -> Option<()> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let r = string_array_with(text, out, &mut scratch);
+            if scratch.len() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            r
+        }
+        // Not reentrant; cannot happen, but a fresh buffer is always correct.
+        Err(_) => string_array_with(text, out, &mut Vec::new()),
+    })
+}
+
+thread_local! {
+    /// Where [`fast_string`] unescapes before the exact-size copy: reused by every frame
+    /// decoded on this thread (its bytes are overwritten, never zeroed again).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer larger than this after a frame is given back (one per thread).
+const SCRATCH_KEEP: usize = 256 << 10;
+
+fn string_array_with(text: &str, out: &mut Vec<String>, scratch: &mut Vec<u8>) -> Option<()> {
     let b = text.as_bytes();
     let skip_ws = |mut i: usize| {
         while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
@@ -190,7 +213,7 @@ fn fast_string_array_into(text: &str, out: &mut Vec<String>) -> Option<()> {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let (string, next) = fast_string(text, i + 1)?;
+        let (string, next) = fast_string_with(text, i + 1, scratch)?;
         out.push(string);
         i = skip_ws(next);
         match b.get(i)? {
@@ -204,76 +227,73 @@ fn fast_string_array_into(text: &str, out: &mut Vec<String>) -> Option<()> {
 /// Unescapes the JSON string whose body starts at `start` (after the opening quote);
 /// returns it and the index after the closing quote. `None` on `\\u` escapes, raw control
 /// characters or a bad escape (left to `serde_json`).
+#[cfg(test)]
 fn fast_string(text: &str, start: usize) -> Option<(String, usize)> {
+    fast_string_with(text, start, &mut Vec::new())
+}
+
+/// [`fast_string`] in one pass: unescaped into `scratch` a word at a time, then copied
+/// into a `String` of the exact size.
+fn fast_string_with(text: &str, start: usize, scratch: &mut Vec<u8>) -> Option<(String, usize)> {
     let b = text.as_bytes();
-    // First pass: find the end, so that the output is allocated once at its final size.
-    // Word at a time: only `"`, `\` and control characters stop the scan.
+    // The output is never longer than the rest of the text, plus the overshoot of a word.
+    let room = b.len().saturating_sub(start).saturating_add(8);
+    if scratch.len() < room {
+        // Its bytes are overwritten, never read: a fresh zeroed buffer, not a copy.
+        *scratch = vec![0; room.next_power_of_two()];
+    }
+    let dst = &mut scratch[..];
     let mut i = start;
-    let mut escapes = 0;
+    let mut o = 0;
     loop {
+        // Whole words while no byte is a quote, a backslash or below 0x23 (control
+        // characters; a space or `!` costs a detour, nothing else). Every word is stored
+        // whole and the bytes after a special one are overwritten next: `o <= i - start`,
+        // so it always fits.
         while let Some(v) = word_at(b, i) {
-            let m = eq_low(v, b'"') | eq_low(v, b'\\') | control_low(v);
+            dst[o..o + 8].copy_from_slice(&v.to_le_bytes());
+            let m = below_low(v, 0x23) | eq_low(v, b'\\');
             if m != 0 {
-                i += first_byte(m);
+                let k = first_byte(m);
+                i += k;
+                o += k;
                 break;
             }
             i += 8;
+            o += 8;
         }
         match *b.get(i)? {
             b'"' => break,
             b'\\' => {
-                escapes += 1;
+                *dst.get_mut(o)? = unescape(*b.get(i + 1)?)?;
                 i += 2;
             }
             c if c < 0x20 => return None,
-            _ => i += 1,
+            c => {
+                *dst.get_mut(o)? = c;
+                i += 1;
+            }
         }
-    }
-    let end = i;
-    if escapes == 0 {
-        return Some((text[start..end].to_string(), end + 1));
-    }
-    // Second pass, a word at a time: each word is appended whole and the part after a
-    // backslash cut off again (cheaper than copying runs of varying length); the slack
-    // of 8 bytes keeps the overshoot from reallocating.
-    let mut out: Vec<u8> = Vec::with_capacity(end - start - escapes + 8);
-    let mut i = start;
-    while i + 8 <= end {
-        let v = word_at(b, i)?;
-        out.extend_from_slice(&v.to_le_bytes());
-        let m = eq_low(v, b'\\');
-        if m == 0 {
-            i += 8;
-            continue;
-        }
-        let k = first_byte(m);
-        out.truncate(out.len() - 8 + k);
-        out.push(unescape(*b.get(i + k + 1)?)?);
-        i += k + 2;
-    }
-    while i < end {
-        if b[i] == b'\\' {
-            out.push(unescape(*b.get(i + 1)?)?);
-            i += 2;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+        o += 1;
     }
     // Only ASCII backslash escapes were replaced by ASCII bytes, so this holds.
-    String::from_utf8(out).ok().map(|out| (out, end + 1))
+    let string = std::str::from_utf8(&dst[..o]).ok()?.to_owned();
+    Some((string, i + 1))
 }
 
-/// Appends bytes `from..to` of word `v` (little-endian lanes; `to <= 8`): the whole word
-/// from `from` is written and cut back.
+/// Whether no byte of `v` may need an escape in a JSON string literal (SockJS rules):
+/// none is a quote, a backslash, below 0x23 or non-ASCII (a space or `!` takes the slow
+/// way, where it is copied as it is).
 #[inline(always)]
-fn put_lanes<B: FrameBuf + ?Sized>(out: &mut B, v: u64, from: usize, to: usize) {
-    if from >= to {
-        return;
-    }
-    let len = out.len();
-    out.put(&(v >> (8 * from)).to_le_bytes());
-    out.truncate(len + (to - from));
+fn plain_word(v: u64) -> bool {
+    (below_low(v, 0x23) | eq_low(v, b'\\') | v) & HIGHS == 0
+}
+
+/// Stores bytes `from..` of word `v` at `dst[o..]` (a whole word: the caller accounts for
+/// the bytes it means and leaves the rest to be overwritten).
+#[inline(always)]
+fn store_word(dst: &mut [u8], o: usize, v: u64, from: usize) {
+    dst[o..o + 8].copy_from_slice(&(v >> (8 * from)).to_le_bytes());
 }
 
 /// The byte a short JSON escape `\\c` stands for; `None` for `\\u` and invalid escapes.
@@ -343,7 +363,13 @@ fn eq_low(v: u64, c: u8) -> u64 {
 /// Bytes of `v` below 0x20; only the lowest marked byte is certain.
 #[inline(always)]
 fn control_low(v: u64) -> u64 {
-    v.wrapping_sub(ONES * 0x20) & !v & HIGHS
+    below_low(v, 0x20)
+}
+
+/// Bytes of `v` below `n` (at most 0x80); only the lowest marked byte is certain.
+#[inline(always)]
+fn below_low(v: u64, n: u8) -> u64 {
+    v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS
 }
 
 /// The index of the first byte marked in a non-zero mask.
@@ -475,12 +501,11 @@ pub trait FrameBuf {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Makes room for at least `additional` more bytes.
-    fn reserve(&mut self, additional: usize);
-    /// Appends `bytes`.
-    fn put(&mut self, bytes: &[u8]);
-    /// Shortens the buffer to `len` bytes (never longer than it is).
-    fn truncate(&mut self, len: usize);
+    /// Sets the length to `len`: shortens the buffer, or lengthens it with bytes of any
+    /// value (zeros, say), which the caller overwrites.
+    fn resize(&mut self, len: usize);
+    /// The bytes held, writable.
+    fn bytes_mut(&mut self) -> &mut [u8];
 }
 
 impl FrameBuf for Vec<u8> {
@@ -489,95 +514,150 @@ impl FrameBuf for Vec<u8> {
         Vec::len(self)
     }
     #[inline]
-    fn reserve(&mut self, additional: usize) {
-        Vec::reserve(self, additional)
+    fn resize(&mut self, len: usize) {
+        Vec::resize(self, len, 0)
     }
     #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes)
-    }
-    #[inline]
-    fn truncate(&mut self, len: usize) {
-        Vec::truncate(self, len)
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
     }
 }
+
+/// Room [`quote_into_buf`] keeps ahead of its output: one word holding eight escaped
+/// quotes takes 16 bytes, written as overlapping whole words (up to 24).
+const QUOTE_ROOM: usize = 32;
 
 /// Appends `s` to a byte buffer as a JSON string literal: the same bytes as
 /// [`quote_into`] (valid UTF-8), written a word at a time. Meant for frames assembled in
 /// byte buffers that are sent as they are.
-#[inline]
 pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
     let b = s.as_bytes();
-    // Room for the common case (a dnode JSON text: one quote to escape in ~6 bytes) plus
-    // the overshoot of a word.
-    out.reserve(b.len() + b.len() / 4 + 12);
-    out.put(b"\"");
+    let start = out.len();
+    // Room for the common case (a dnode JSON text: one quote to escape in ~6 bytes); it
+    // grows when a text needs more.
+    let mut end = start + b.len() + b.len() / 4 + QUOTE_ROOM + 2;
+    out.resize(end);
+    let mut dst = out.bytes_mut();
+    dst[start] = b'"';
+    let mut o = start + 1;
     let mut i = 0;
     while let Some(v) = word_at(b, i) {
+        if end - o < QUOTE_ROOM {
+            end = o + (b.len() - i) * 2 + QUOTE_ROOM + 2;
+            out.resize(end);
+            dst = out.bytes_mut();
+        }
+        // A run of plain words (no quote, backslash, byte below 0x23 or non-ASCII byte)
+        // is copied as it is: long values such as tokens.
+        if plain_word(v) {
+            let run = i;
+            i += 8;
+            while let Some(w) = word_at(b, i) {
+                if !plain_word(w) {
+                    break;
+                }
+                i += 8;
+            }
+            let n = i - run;
+            if end - o < n + QUOTE_ROOM {
+                end = o + n + (b.len() - i) * 2 + QUOTE_ROOM + 2;
+                out.resize(end);
+                dst = out.bytes_mut();
+            }
+            if n == 8 {
+                store_word(dst, o, v, 0);
+            } else {
+                dst[o..o + n].copy_from_slice(&b[run..i]);
+            }
+            o += n;
+            continue;
+        }
         // Quotes and backslashes (every few bytes in a dnode JSON text) are handled a word
-        // at a time: the parts between them are appended as whole words cut back to
-        // length, each followed by a backslash (the quote itself starts the next part).
+        // at a time: each part between them is stored as a whole word, followed by a
+        // backslash (the quote itself starts the next part).
         let quotes = eq_bytes(v, b'"') | eq_bytes(v, b'\\');
         // Only its lowest byte is used.
         let others = control_low(v) | eq_low(v, 0xE2) | eq_low(v, 0xEF);
         if others == 0 {
-            put_with_backslashes(out, v, quotes, 8);
+            o = store_with_backslashes(dst, o, v, quotes, 8);
             i += 8;
             continue;
         }
         // Rare: up to the first other byte that may need an escape, then that one.
         let k = first_byte(others);
-        put_with_backslashes(out, v, quotes & ((1u64 << (8 * k)) - 1), k);
-        i = escape_at(s, i + k, out);
+        o = store_with_backslashes(dst, o, v, quotes & ((1u64 << (8 * k)) - 1), k);
+        (i, o) = escape_at(s, i + k, dst, o);
     }
-    while let Some(&c) = b.get(i) {
-        if matches!(c, b'"' | b'\\' | 0..=0x1f | 0xE2 | 0xEF) {
-            i = escape_at(s, i, out);
-        } else {
-            out.put(&[c]);
-            i += 1;
-        }
+    // The last few bytes, one at a time (each at most 6 bytes escaped).
+    if end - o < QUOTE_ROOM + 6 * 8 {
+        end = o + 6 * 8 + 2;
+        out.resize(end);
+        dst = out.bytes_mut();
     }
-    out.put(b"\"");
+    while i < b.len() {
+        (i, o) = escape_at(s, i, dst, o);
+    }
+    dst[o] = b'"';
+    out.resize(o + 1);
 }
 
-/// Appends bytes `0..end` of word `v`, a backslash before each byte marked in `marked`.
+/// Stores bytes `0..end` of word `v` at `dst[o..]`, a backslash before each byte marked in
+/// `marked`; returns the index after them.
 #[inline(always)]
-fn put_with_backslashes<B: FrameBuf + ?Sized>(out: &mut B, v: u64, mut marked: u64, end: usize) {
+fn store_with_backslashes(
+    dst: &mut [u8],
+    mut o: usize,
+    v: u64,
+    mut marked: u64,
+    end: usize,
+) -> usize {
     let mut from = 0;
     while marked != 0 {
         let k = first_byte(marked);
         marked &= marked - 1;
-        put_lanes(out, v, from, k);
-        out.put(b"\\");
+        store_word(dst, o, v, from);
+        o += k - from;
+        dst[o] = b'\\';
+        o += 1;
         from = k;
     }
-    put_lanes(out, v, from, end);
+    if from < end {
+        store_word(dst, o, v, from);
+        o += end - from;
+    }
+    o
 }
 
-/// Writes the byte of `s` at `i` (a character boundary), escaped if needed; returns the
-/// index after what was consumed.
+/// Stores the byte of `s` at `i` (a character boundary) at `dst[o..]`, escaped if needed;
+/// returns the indexes after what was consumed and written (at most 6 bytes).
 #[inline]
-fn escape_at<B: FrameBuf + ?Sized>(s: &str, i: usize, out: &mut B) -> usize {
+fn escape_at(s: &str, i: usize, dst: &mut [u8], o: usize) -> (usize, usize) {
     let b = s.as_bytes();
     let mut hex = [0u8; 6];
-    match b[i] {
-        b'"' => out.put(b"\\\""),
-        b'\\' => out.put(b"\\\\"),
-        b'\n' => out.put(b"\\n"),
-        b'\r' => out.put(b"\\r"),
-        b'\t' => out.put(b"\\t"),
-        c @ 0..=0x1f => out.put(unicode_escape(u32::from(c), &mut hex).as_bytes()),
+    let (escaped, used): (&[u8], usize) = match b[i] {
+        b'"' => (b"\\\"", 1),
+        b'\\' => (b"\\\\", 1),
+        b'\n' => (b"\\n", 1),
+        b'\r' => (b"\\r", 1),
+        b'\t' => (b"\\t", 1),
+        c @ 0..=0x1f => (unicode_escape(u32::from(c), &mut hex).as_bytes(), 1),
         c @ (0xE2 | 0xEF) => match s.get(i..).and_then(|r| r.chars().next()) {
-            Some(ch) if sockjs_unsafe(ch) => {
-                out.put(unicode_escape(ch as u32, &mut hex).as_bytes());
-                return i + ch.len_utf8();
+            Some(ch) if sockjs_unsafe(ch) => (
+                unicode_escape(ch as u32, &mut hex).as_bytes(),
+                ch.len_utf8(),
+            ),
+            _ => {
+                dst[o] = c;
+                return (i + 1, o + 1);
             }
-            _ => out.put(&[c]),
         },
-        c => out.put(&[c]),
-    }
-    i + 1
+        c => {
+            dst[o] = c;
+            return (i + 1, o + 1);
+        }
+    };
+    dst[o..o + escaped.len()].copy_from_slice(escaped);
+    (i + used, o + escaped.len())
 }
 
 /// `\uXXXX` (lowercase hex) for a code point below 0x10000, written into `buf`.
@@ -853,7 +933,8 @@ mod tests {
         let lowest = |m: u64| (m != 0).then(|| first_byte(m));
         let mut rng = Rng(0x1234_5678_9abc_def1);
         let interesting = [
-            0u8, 0x1f, 0x20, b'"', b'\\', 0xE2, 0xEF, 0x80, 0xff, b'a', 0x21,
+            0u8, 0x1f, 0x20, b'"', b'\\', 0xE2, 0xEF, 0x80, 0xff, b'a', 0x21, 0x22, 0x23, 0x7f,
+            0x5b, 0x5d,
         ];
         for _ in 0..200_000 {
             let mut w = [0u8; 8];
@@ -869,6 +950,20 @@ mod tests {
                 assert_eq!(lowest(eq_low(v, c)), lowest(eq_bytes(v, c)), "{w:?} {c:#x}");
             }
             assert_eq!(lowest(control_low(v)), lowest(control_bytes(v)), "{w:?}");
+            let below = |n: u8| {
+                w.iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b < n)
+                    .fold(0u64, |m, (k, _)| m | 0x80 << (8 * k))
+            };
+            for n in [0x20, 0x23, 0x30] {
+                assert_eq!(lowest(below_low(v, n)), lowest(below(n)), "{w:?} {n:#x}");
+            }
+            assert_eq!(
+                plain_word(v),
+                w.iter().all(|b| (0x23..0x80).contains(b) && *b != b'\\'),
+                "{w:?}"
+            );
             let cheap = eq_low(v, b'"') | eq_low(v, b'\\') | control_low(v) | eq_low(v, 0xE2);
             let exact =
                 eq_bytes(v, b'"') | eq_bytes(v, b'\\') | control_bytes(v) | eq_bytes(v, 0xE2);

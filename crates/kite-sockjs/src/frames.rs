@@ -20,16 +20,12 @@ impl FrameBuf for Buf<'_> {
         self.0.len()
     }
     #[inline]
-    fn reserve(&mut self, additional: usize) {
-        self.0.reserve(additional)
+    fn resize(&mut self, len: usize) {
+        self.0.resize(len, 0)
     }
     #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(bytes)
-    }
-    #[inline]
-    fn truncate(&mut self, len: usize) {
-        self.0.truncate(len)
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.0
     }
 }
 
