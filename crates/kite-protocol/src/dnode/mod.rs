@@ -230,16 +230,16 @@ impl Callbacks {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "\"{id}\":[");
+            out.push('"');
+            write_u64(out, id);
+            out.push_str("\":[");
             for (j, e) in path.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
                 match e {
                     PathElement::Key(k) => write_json_string(out, k),
-                    PathElement::Index(n) => {
-                        let _ = write!(out, "{n}");
-                    }
+                    PathElement::Index(n) => write_u64(out, *n),
                 }
             }
             out.push(']');
@@ -334,6 +334,76 @@ pub fn json_type_name(v: &Value) -> &'static str {
     }
 }
 
+/// Appends `n` in decimal.
+pub(crate) fn write_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+/// Values nested deeper than this are written by `serde_json` (see [`write_json_value`]).
+const WRITE_DEPTH: usize = 32;
+
+/// Appends `v` as compact JSON: the same bytes as its `Display` (`serde_json`), written
+/// straight into `out` instead of through the formatting machinery.
+pub(crate) fn write_json_value(out: &mut String, v: &Value) {
+    write_value_at(out, v, 0)
+}
+
+fn write_value_at(out: &mut String, v: &Value, depth: usize) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => write_u64(out, u),
+            (None, Some(i)) => {
+                out.push('-');
+                write_u64(out, i.unsigned_abs());
+            }
+            // Floats: serde_json's own shortest form.
+            _ => {
+                let _ = write!(out, "{n}");
+            }
+        },
+        Value::String(s) => write_json_string(out, s),
+        _ if depth >= WRITE_DEPTH => {
+            let _ = write!(out, "{v}");
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value_at(out, item, depth + 1);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_string(out, k);
+                out.push(':');
+                write_value_at(out, item, depth + 1);
+            }
+            out.push('}');
+        }
+    }
+}
+
 /// Appends `s` as a JSON string literal.
 pub(crate) fn write_json_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
@@ -407,12 +477,11 @@ impl Message {
         out.push_str("{\"method\":");
         match &self.method {
             Method::Name(n) => write_json_string(out, n),
-            Method::Callback(id) => {
-                let _ = write!(out, "{id}");
-            }
+            Method::Callback(id) => write_u64(out, *id),
         }
-        // `Value`'s Display is its compact JSON text; writing to a String cannot fail.
-        let _ = write!(out, ",\"arguments\":{},\"callbacks\":", self.arguments);
+        out.push_str(",\"arguments\":");
+        write_json_value(out, &self.arguments);
+        out.push_str(",\"callbacks\":");
         self.callbacks.encode_into(out);
         out.push('}');
     }
@@ -432,7 +501,75 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            any::<String>().prop_map(Value::String),
+            "[\\x00-\\x7f]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[\\x00-\\x7f]{0,4}|\\PC{0,3}", inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        // A fixed seed keeps CI deterministic.
+        #![proptest_config(ProptestConfig {
+            cases: 2048,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x7772_6974),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn values_are_written_as_serde_json_writes_them(v in any_value()) {
+            let mut out = String::from("x");
+            write_json_value(&mut out, &v);
+            prop_assert_eq!(&out[1..], serde_json::to_string(&v).unwrap());
+        }
+    }
+
+    #[test]
+    fn deep_values_and_extreme_numbers_are_written_as_serde_json_writes_them() {
+        let mut deep = json!([1, {"a": "b"}]);
+        for i in 0..100 {
+            deep = if i % 2 == 0 {
+                json!([deep, i])
+            } else {
+                json!({ "k": deep })
+            };
+        }
+        for v in [
+            deep,
+            json!(0),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(-1),
+            json!(1.5e300),
+            json!(-0.0),
+            json!([]),
+            json!({}),
+        ] {
+            let mut out = String::new();
+            write_json_value(&mut out, &v);
+            assert_eq!(out, serde_json::to_string(&v).unwrap());
+        }
+        let mut out = String::new();
+        write_u64(&mut out, 0);
+        write_u64(&mut out, u64::MAX);
+        assert_eq!(out, format!("0{}", u64::MAX));
+    }
 
     #[test]
     fn json_strings_are_escaped() {
