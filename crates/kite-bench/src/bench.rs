@@ -225,15 +225,30 @@ pub(crate) async fn rpc(
     Ok(())
 }
 
+/// The Kontrol key pair of the `auth` table: read from the PKCS#1 PEM file named by
+/// `KITE_BENCH_KONTROL_KEY` (so that repeated runs do the same work, e.g. for instruction
+/// counts), else generated.
+async fn kontrol_key() -> anyhow::Result<KeyPair> {
+    if let Ok(path) = std::env::var("KITE_BENCH_KONTROL_KEY") {
+        let pem = std::fs::read_to_string(&path)
+            .with_context(|| format!("KITE_BENCH_KONTROL_KEY: reading {path}"))?;
+        let private = kite::auth::parse_private_key_pem(&pem)
+            .with_context(|| format!("KITE_BENCH_KONTROL_KEY: {path}"))?;
+        return KeyPair::from_private_key("bench-kontrol-key", private)
+            .context("KITE_BENCH_KONTROL_KEY");
+    }
+    eprintln!("generating a 2048-bit RSA Kontrol key pair...");
+    tokio::task::spawn_blocking(|| KeyPair::generate(2048))
+        .await
+        .context("key generation task")?
+        .context("key generation")
+}
+
 /// SockJS WebSocket with token and kiteKey credentials against no authentication, the
 /// three measured back to back per shape.
 pub(crate) async fn auth(plan: &Plan, findings: &mut Findings) -> anyhow::Result<()> {
     let load_before = machine::loadavg();
-    eprintln!("generating a 2048-bit RSA Kontrol key pair...");
-    let kontrol = tokio::task::spawn_blocking(|| KeyPair::generate(2048))
-        .await
-        .context("key generation task")??;
-    let kontrol = Arc::new(kontrol);
+    let kontrol = Arc::new(kontrol_key().await?);
     let modes = &plan.credentials[..];
     // The table compares token and kiteKey with none, so it needs all three, in order.
     let full = modes == [AuthMode::None, AuthMode::Token, AuthMode::KiteKey];
