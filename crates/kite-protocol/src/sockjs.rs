@@ -246,21 +246,33 @@ fn fast_string_with(text: &str, start: usize, scratch: &mut Vec<u8>) -> Option<(
     let mut i = start;
     let mut o = 0;
     loop {
-        // Whole words while no byte is a quote, a backslash or below 0x23 (control
-        // characters; a space or `!` costs a detour, nothing else). Every word is stored
-        // whole and the bytes after a special one are overwritten next: `o <= i - start`,
-        // so it always fits.
-        while let Some(v) = word_at(b, i) {
+        // Up to the next byte that is a quote, a backslash or below 0x23 (control
+        // characters; a space or `!` costs a detour, nothing else). The first word is
+        // stored whole, the bytes after a special one are overwritten next: `o <= i -
+        // start`, so it always fits.
+        if let Some(v) = word_at(b, i) {
             dst[o..o + 8].copy_from_slice(&v.to_le_bytes());
             let m = below_low(v, 0x23) | eq_low(v, b'\\');
             if m != 0 {
                 let k = first_byte(m);
                 i += k;
                 o += k;
-                break;
+            } else {
+                // A longer run (a token, an id): scanned on, then copied in one go.
+                i += 8;
+                o += 8;
+                let run = i;
+                while let Some(v) = word_at(b, i) {
+                    let m = below_low(v, 0x23) | eq_low(v, b'\\');
+                    if m != 0 {
+                        i += first_byte(m);
+                        break;
+                    }
+                    i += 8;
+                }
+                dst[o..o + (i - run)].copy_from_slice(&b[run..i]);
+                o += i - run;
             }
-            i += 8;
-            o += 8;
         }
         match *b.get(i)? {
             b'"' => break,

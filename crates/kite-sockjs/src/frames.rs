@@ -11,21 +11,54 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::session::Outbound;
 
-/// [`FrameBuf`] over a [`BytesMut`].
-struct Buf<'a>(&'a mut BytesMut);
+/// [`FrameBuf`] over a [`BytesMut`], writing a frame in place: the first `len` bytes hold
+/// the frame, the rest up to `buf.len()` were made writable by an earlier message (zeroed
+/// once per frame rather than per message) and are cut off when the frame is taken.
+struct Buf<'a> {
+    buf: &'a mut BytesMut,
+    len: usize,
+}
+
+impl<'a> Buf<'a> {
+    fn new(buf: &'a mut BytesMut) -> Self {
+        let len = buf.len();
+        Buf { buf, len }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        let at = self.len;
+        FrameBuf::resize(self, at + bytes.len());
+        self.buf[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Takes the frame written so far (plus `]`) out of the buffer into `frames`.
+    fn finish(&mut self, frames: &mut Vec<Utf8Bytes>) {
+        self.put(b"]");
+        self.buf.truncate(self.len);
+        self.len = 0;
+        // Always valid: only `&str` messages and ASCII were written.
+        match Utf8Bytes::try_from(self.buf.split().freeze()) {
+            Ok(frame) => frames.push(frame),
+            Err(e) => tracing::error!(error = %e, "sockjs: encoded a frame that is not UTF-8"),
+        }
+    }
+}
 
 impl FrameBuf for Buf<'_> {
     #[inline]
     fn len(&self) -> usize {
-        self.0.len()
+        self.len
     }
     #[inline]
     fn resize(&mut self, len: usize) {
-        self.0.resize(len, 0)
+        if len > self.buf.len() {
+            self.buf.resize(len, 0);
+        }
+        self.len = len;
     }
     #[inline]
     fn bytes_mut(&mut self) -> &mut [u8] {
-        self.0
+        &mut self.buf[..self.len]
     }
 }
 
@@ -54,21 +87,22 @@ pub(crate) fn encode_frames(
         .sum();
     buf.clear();
     buf.reserve((total + total / 4).min(max_bytes.saturating_add(64)) + prefix.len() + 16);
+    let mut w = Buf::new(buf);
     for item in batch.drain(..) {
         match item {
             Outbound::Message(message) => {
-                if open && buf.len() + message.len() + 3 > max_bytes {
-                    finish(buf, frames);
+                if open && w.len + message.len() + 3 > max_bytes {
+                    w.finish(frames);
                     open = false;
                 }
                 if open {
-                    buf.extend_from_slice(b",");
+                    w.put(b",");
                 } else {
-                    buf.extend_from_slice(prefix);
-                    buf.extend_from_slice(b"[");
+                    w.put(prefix);
+                    w.put(b"[");
                     open = true;
                 }
-                quote_into_buf(&message, &mut Buf(buf));
+                quote_into_buf(&message, &mut w);
             }
             Outbound::Close { code, reason } => {
                 close = Some((code, reason));
@@ -77,21 +111,12 @@ pub(crate) fn encode_frames(
         }
     }
     if open {
-        finish(buf, frames);
+        w.finish(frames);
     }
     if buf.capacity() > KEEP_BYTES {
         *buf = BytesMut::new();
     }
     close
-}
-
-fn finish(buf: &mut BytesMut, frames: &mut Vec<Utf8Bytes>) {
-    buf.extend_from_slice(b"]");
-    // Always valid: only `&str` messages and ASCII were written.
-    match Utf8Bytes::try_from(buf.split().freeze()) {
-        Ok(frame) => frames.push(frame),
-        Err(e) => tracing::error!(error = %e, "sockjs: encoded a frame that is not UTF-8"),
-    }
 }
 
 #[cfg(test)]
