@@ -324,12 +324,10 @@ pub fn encode_plain_call_message(
     with_args: &Value,
     response_callback: u64,
 ) -> String {
-    use std::fmt::Write as _;
     let mut out = call_message_head(method, kite_json, auth_json, with_args);
-    let _ = write!(
-        out,
-        "{{\"{response_callback}\":[0,\"responseCallback\"]}}}}"
-    );
+    out.push_str("{\"");
+    crate::dnode::write_u64(&mut out, response_callback);
+    out.push_str("\":[0,\"responseCallback\"]}}");
     out
 }
 
@@ -340,7 +338,6 @@ fn call_message_head(
     auth_json: Option<&str>,
     with_args: &Value,
 ) -> String {
-    use std::fmt::Write as _;
     let auth_len = auth_json.map_or(4, str::len);
     let mut out = String::with_capacity(method.len() + kite_json.len() + auth_len + 192);
     out.push_str("{\"method\":");
@@ -349,11 +346,9 @@ fn call_message_head(
     out.push_str(auth_json.unwrap_or("null"));
     out.push_str(",\"kite\":");
     out.push_str(kite_json);
-    // `Value`'s Display is its compact JSON text; writing to a String cannot fail.
-    let _ = write!(
-        out,
-        ",\"responseCallback\":\"[Function]\",\"withArgs\":{with_args}}}],\"callbacks\":"
-    );
+    out.push_str(",\"responseCallback\":\"[Function]\",\"withArgs\":");
+    crate::dnode::write_value(&mut out, with_args);
+    out.push_str("}],\"callbacks\":");
     out
 }
 
@@ -368,15 +363,20 @@ pub fn encode_response_message(
     outcome: Result<&Value, &KiteError>,
     callbacks: &crate::dnode::Callbacks,
 ) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(64);
-    let _ = write!(out, "{{\"method\":{callback},\"arguments\":[{{\"error\":");
+    // Room for the usual small result (`{"method":N,"arguments":[{"error":null,
+    // "result":...}],"callbacks":{}}` is ~70 bytes) without growing.
+    let mut out = String::with_capacity(128);
+    out.push_str("{\"method\":");
+    crate::dnode::write_u64(&mut out, callback);
+    out.push_str(",\"arguments\":[{\"error\":");
     match outcome {
         Ok(result) => {
-            let _ = write!(out, "null,\"result\":{result}");
+            out.push_str("null,\"result\":");
+            crate::dnode::write_value(&mut out, result);
         }
         Err(e) => {
-            let _ = write!(out, "{},\"result\":null", e.to_value());
+            crate::dnode::write_value(&mut out, &e.to_value());
+            out.push_str(",\"result\":null");
         }
     }
     out.push_str("}],\"callbacks\":");
@@ -611,7 +611,7 @@ mod tests {
             assert_eq!(got, expected);
 
             // Without functions in the arguments: the plain form is the same text.
-            let plain_args = vec![json!(4), json!({"s": "q\""})];
+            let plain_args = vec![json!(4), json!({"s": "q\""}), json!([-1.5, ["x"]])];
             let mut tree = encode_request(&kite, auth.as_ref(), plain_args.clone(), 0);
             let mut next = 12;
             let scrubbed = scrub(&mut tree, &mut next);
@@ -632,6 +632,9 @@ mod tests {
         }
         for outcome in [
             Ok(json!({"a": [1, "x\u{7f}"]})),
+            Ok(json!(16)),
+            Ok(json!(-2.5)),
+            Ok(json!(["a\"", [1, 2], null, false])),
             Err(KiteError::generic("bad \"x\"").with_id("7")),
         ] {
             let expected =

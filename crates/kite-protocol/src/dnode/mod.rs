@@ -230,16 +230,16 @@ impl Callbacks {
             if i > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "\"{id}\":[");
+            out.push('"');
+            write_u64(out, id);
+            out.push_str("\":[");
             for (j, e) in path.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
                 match e {
                     PathElement::Key(k) => write_json_string(out, k),
-                    PathElement::Index(n) => {
-                        let _ = write!(out, "{n}");
-                    }
+                    PathElement::Index(n) => write_u64(out, *n),
                 }
             }
             out.push(']');
@@ -363,6 +363,65 @@ pub(crate) fn write_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Appends `n` in decimal, as `Display` writes it, without the formatting machinery.
+pub(crate) fn write_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+/// Appends `v` as compact JSON, byte for byte what its `Display` writes. Integers,
+/// `null`, booleans, strings and arrays of them are written directly (the formatting
+/// machinery costs more than the text on the hot path); floats and objects go through
+/// `Display`.
+pub(crate) fn write_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                write_u64(out, u);
+            } else if let Some(i) = n.as_i64() {
+                out.push('-');
+                write_u64(out, i.unsigned_abs());
+            } else {
+                let _ = write!(out, "{n}");
+            }
+        }
+        Value::String(s) => write_json_string(out, s),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, e) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match e {
+                    // One level deep only: nested arrays (and objects) keep the
+                    // serializer's own recursion.
+                    Value::Array(_) | Value::Object(_) => {
+                        let _ = write!(out, "{e}");
+                    }
+                    scalar => write_value(out, scalar),
+                }
+            }
+            out.push(']');
+        }
+        Value::Object(_) => {
+            let _ = write!(out, "{v}");
+        }
+    }
+}
+
 impl Message {
     /// A message from its parts (no links).
     pub fn new(method: Method, arguments: Value, callbacks: Callbacks) -> Message {
@@ -433,6 +492,39 @@ impl Message {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn write_value_matches_display() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(16),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(-1),
+            json!(16.0),
+            json!(-0.5),
+            json!(1e300),
+            json!(""),
+            json!("q\"\\\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}\u{2028}é"),
+            json!([]),
+            json!([4, -4, 4.5, "x", null, true, [1, [2]], {"a": [1, "b"]}]),
+            json!({"k": "v", "n": 1}),
+            json!([[[]]]),
+        ];
+        for v in values {
+            let mut out = String::from("prefix");
+            write_value(&mut out, &v);
+            assert_eq!(out, format!("prefix{v}"));
+        }
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX / 10, u64::MAX] {
+            let mut out = String::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
 
     #[test]
     fn json_strings_are_escaped() {
