@@ -364,20 +364,8 @@ pub(crate) fn write_json_string(out: &mut String, s: &str) {
 }
 
 /// Appends `n` in decimal, as `Display` writes it, without the formatting machinery.
-pub(crate) fn write_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
+pub(crate) fn write_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `v` as compact JSON, byte for byte what its `Display` writes. Integers,
