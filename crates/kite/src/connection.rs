@@ -634,7 +634,8 @@ impl ConnShared {
     fn dispatch(self: &Arc<Self>, text: String) -> Next {
         match incoming::decode(&text, &self.limits.protocol) {
             Ok(incoming::Incoming::Callback(cb)) => self.dispatch_callback(cb),
-            Ok(incoming::Incoming::Call(call)) => self.dispatch_call(call),
+            // By reference: the decoded values are large, and moving them costs copies.
+            Ok(incoming::Incoming::Call(mut call)) => self.dispatch_call(&mut call),
             Err(e) => {
                 debug!(session = self.info.id(), "dropping message: {e}");
                 Next::Done
@@ -717,7 +718,7 @@ impl ConnShared {
         }))
     }
 
-    fn dispatch_call(self: &Arc<Self>, call: incoming::IncomingCall<'_>) -> Next {
+    fn dispatch_call(self: &Arc<Self>, call: &mut incoming::IncomingCall<'_>) -> Next {
         self.log_report(&call.report);
         if self.is_stopping.load(Ordering::Acquire) {
             // Shutting down: responses and callbacks are still read (in-flight handlers
@@ -734,7 +735,7 @@ impl ConnShared {
             };
             return self.reply_error(rc, KiteError::method_not_found(&call.method));
         };
-        let request = match call.request {
+        let request = match &mut call.request {
             Ok(r) => self.own_request(r),
             Err(e) => {
                 return match e.response_callback {
@@ -770,7 +771,7 @@ impl ConnShared {
 
     /// Takes ownership of a decoded request, reusing the identity and credentials of the
     /// previous request when they are the same.
-    fn own_request(&self, r: incoming::RequestRef<'_>) -> Incoming {
+    fn own_request(&self, r: &mut incoming::RequestRef<'_>) -> Incoming {
         let mut last = lock(&self.last_caller);
         let caller = match &last.kite {
             Some(k) if r.kite.matches(k) => k.clone(),
@@ -781,7 +782,7 @@ impl ConnShared {
                 k
             }
         };
-        let auth = r.authentication.map(|a| match &last.auth {
+        let auth = r.authentication.take().map(|a| match &last.auth {
             Some(cached) if cached.kind == a.kind && cached.key == a.key => cached.clone(),
             _ => {
                 let fresh = Arc::new(Auth::new(a.kind, a.key));
@@ -792,9 +793,9 @@ impl ConnShared {
         Incoming {
             caller,
             auth,
-            with_args: r.with_args,
+            with_args: std::mem::take(&mut r.with_args),
             response_callback: r.response_callback,
-            fields: r.fields,
+            fields: std::mem::take(&mut r.fields),
         }
     }
 
