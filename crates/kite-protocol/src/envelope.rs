@@ -363,7 +363,9 @@ pub fn encode_response_message(
     outcome: Result<&Value, &KiteError>,
     callbacks: &crate::dnode::Callbacks,
 ) -> String {
-    let mut out = String::with_capacity(64);
+    // Room for the usual small result (`{"method":N,"arguments":[{"error":null,
+    // "result":...}],"callbacks":{}}` is ~70 bytes) without growing.
+    let mut out = String::with_capacity(128);
     out.push_str("{\"method\":");
     crate::dnode::write_u64(&mut out, callback);
     out.push_str(",\"arguments\":[{\"error\":");
@@ -609,7 +611,7 @@ mod tests {
             assert_eq!(got, expected);
 
             // Without functions in the arguments: the plain form is the same text.
-            let plain_args = vec![json!(4), json!({"s": "q\""})];
+            let plain_args = vec![json!(4), json!({"s": "q\""}), json!([-1.5, ["x"]])];
             let mut tree = encode_request(&kite, auth.as_ref(), plain_args.clone(), 0);
             let mut next = 12;
             let scrubbed = scrub(&mut tree, &mut next);
@@ -630,6 +632,9 @@ mod tests {
         }
         for outcome in [
             Ok(json!({"a": [1, "x\u{7f}"]})),
+            Ok(json!(16)),
+            Ok(json!(-2.5)),
+            Ok(json!(["a\"", [1, 2], null, false])),
             Err(KiteError::generic("bad \"x\"").with_id("7")),
         ] {
             let expected =

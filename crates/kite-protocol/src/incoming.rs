@@ -229,15 +229,15 @@ impl IncomingCallback<'_> {
         let plain = self.parts.callbacks.is_empty()
             && self.parts.callbacks.invalid_ids().is_empty()
             && self.parts.links.is_empty();
-        match self.parts.early.take() {
-            Some(Early::Response(Some(outcome))) if plain => {
-                return Ok((outcome, UnscrubReport::default()))
+        // Only the outcome is taken out (not the whole early value, which is large).
+        if let (true, Some(Early::Response(outcome))) = (plain, &mut self.parts.early) {
+            if let Some(outcome) = outcome.take() {
+                return Ok((outcome, UnscrubReport::default()));
             }
-            Some(_) => {
-                // Another shape, or callbacks to install: read the arguments as a tree.
-                self.parts = decode_parts(self.text, self.limits)?;
-            }
-            None => {}
+        }
+        if self.parts.early.is_some() {
+            // Another shape, or callbacks to install: read the arguments as a tree.
+            self.parts = decode_parts(self.text, self.limits)?;
         }
         if plain {
             if let Some(raw) = self.parts.arguments {
@@ -257,19 +257,23 @@ pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, Dec
     // First try: arguments after the method (Go's and our order) are decoded typed in the
     // same pass.
     if let Ok(mut parts) = decode_parts_with(text, limits, true) {
-        match (parts.early.take(), &parts.method) {
+        // Matched by reference: `Parts` is large, and a response keeps its early outcome.
+        match (&parts.early, &parts.method) {
             (None, _) => return from_parts(text, parts, limits),
-            (Some(Early::Request(options)), PartsMethod::Name(name)) => {
-                if let Some((request, report)) = fast_request(&parts, options) {
-                    return Ok(Incoming::Call(IncomingCall {
-                        method: name.clone(),
-                        request: Ok(request),
-                        report,
-                    }));
+            (Some(Early::Request(_)), PartsMethod::Name(_)) => {
+                if let Some(Early::Request(options)) = parts.early.take() {
+                    if let Some((request, report)) = fast_request(&parts, options) {
+                        if let PartsMethod::Name(name) = parts.method {
+                            return Ok(Incoming::Call(IncomingCall {
+                                method: name,
+                                request: Ok(request),
+                                report,
+                            }));
+                        }
+                    }
                 }
             }
-            (Some(early @ Early::Response(_)), &PartsMethod::Callback(id)) => {
-                parts.early = Some(early);
+            (Some(Early::Response(_)), &PartsMethod::Callback(id)) => {
                 return Ok(Incoming::Callback(IncomingCallback {
                     id,
                     parts,

@@ -4,6 +4,7 @@
 //! Whatever the transport, the layer above sees one [`session::Session`]: a bounded queue of
 //! outgoing messages and a stream of incoming ones.
 
+mod adaptive_read;
 pub mod client;
 mod frames;
 mod queue;

@@ -634,7 +634,8 @@ impl ConnShared {
     fn dispatch(self: &Arc<Self>, text: String) -> Next {
         match incoming::decode(&text, &self.limits.protocol) {
             Ok(incoming::Incoming::Callback(cb)) => self.dispatch_callback(cb),
-            Ok(incoming::Incoming::Call(call)) => self.dispatch_call(call),
+            // By reference: the decoded values are large, and moving them costs copies.
+            Ok(incoming::Incoming::Call(mut call)) => self.dispatch_call(&mut call),
             Err(e) => {
                 debug!(session = self.info.id(), "dropping message: {e}");
                 Next::Done
@@ -717,7 +718,7 @@ impl ConnShared {
         }))
     }
 
-    fn dispatch_call(self: &Arc<Self>, call: incoming::IncomingCall<'_>) -> Next {
+    fn dispatch_call(self: &Arc<Self>, call: &mut incoming::IncomingCall<'_>) -> Next {
         self.log_report(&call.report);
         if self.is_stopping.load(Ordering::Acquire) {
             // Shutting down: responses and callbacks are still read (in-flight handlers
@@ -734,7 +735,7 @@ impl ConnShared {
             };
             return self.reply_error(rc, KiteError::method_not_found(&call.method));
         };
-        let request = match call.request {
+        let request = match &mut call.request {
             Ok(r) => self.own_request(r),
             Err(e) => {
                 return match e.response_callback {
@@ -770,7 +771,7 @@ impl ConnShared {
 
     /// Takes ownership of a decoded request, reusing the identity and credentials of the
     /// previous request when they are the same.
-    fn own_request(&self, r: incoming::RequestRef<'_>) -> Incoming {
+    fn own_request(&self, r: &mut incoming::RequestRef<'_>) -> Incoming {
         let mut last = lock(&self.last_caller);
         let caller = match &last.kite {
             Some(k) if r.kite.matches(k) => k.clone(),
@@ -781,7 +782,7 @@ impl ConnShared {
                 k
             }
         };
-        let auth = r.authentication.map(|a| match &last.auth {
+        let auth = r.authentication.take().map(|a| match &last.auth {
             Some(cached) if cached.kind == a.kind && cached.key == a.key => cached.clone(),
             _ => {
                 let fresh = Arc::new(Auth::new(a.kind, a.key));
@@ -792,9 +793,9 @@ impl ConnShared {
         Incoming {
             caller,
             auth,
-            with_args: r.with_args,
+            with_args: std::mem::take(&mut r.with_args),
             response_callback: r.response_callback,
-            fields: r.fields,
+            fields: std::mem::take(&mut r.fields),
         }
     }
 
@@ -825,12 +826,35 @@ impl ConnShared {
         k
     }
 
+    /// Sends the response to the caller's callback `callback`.
     async fn reply(
         &self,
         callback: u64,
         result: Result<Value, KiteError>,
         functions: Vec<Function>,
     ) {
+        // Encoded by a plain function that takes `result`: nothing of it stays in this
+        // future's state across the await below.
+        let Some((text, registered)) = self.encode_reply(callback, result, functions) else {
+            return;
+        };
+        if self.sender.send(text).await.is_err() {
+            self.unregister(&registered);
+            debug!(
+                session = self.info.id(),
+                "cannot send response: session is closed"
+            );
+        }
+    }
+
+    /// The text of a response and the ids of the functions it registered; `None` if it
+    /// cannot be sent (logged).
+    fn encode_reply(
+        &self,
+        callback: u64,
+        result: Result<Value, KiteError>,
+        functions: Vec<Function>,
+    ) -> Option<(String, Vec<u64>)> {
         let (text, registered) = match result {
             Err(e) => (
                 envelope::encode_response_message(callback, Err(&e), &Callbacks::new()),
@@ -875,18 +899,12 @@ impl ConnShared {
                     ),
                     Err(e) => {
                         debug!(session = self.info.id(), "cannot send response: {e}");
-                        return;
+                        return None;
                     }
                 }
             }
         };
-        if self.sender.send(text).await.is_err() {
-            self.unregister(&registered);
-            debug!(
-                session = self.info.id(),
-                "cannot send response: session is closed"
-            );
-        }
+        Some((text, registered))
     }
 }
 
@@ -947,114 +965,125 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
     conn.core.connection_closed(&conn);
 }
 
-async fn serve_request(
+/// Runs one request's handler and replies. A plain function returning an `async move`
+/// block (not an `async fn`): the block works on its captured values in place, where an
+/// `async fn` keeps its arguments and their moved copies side by side in the future that
+/// is boxed for every request.
+fn serve_request(
     conn: Arc<ConnShared>,
     entry: Arc<MethodEntry>,
     incoming: Incoming,
-    _permit: OwnedSemaphorePermit,
-) {
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
     let Incoming {
-        mut caller,
+        caller,
         auth,
         with_args,
         response_callback: rc,
         fields,
     } = incoming;
-    let accepted = conn.info.role() == Role::Accepted;
-    if accepted && conn.remote.get().is_none() {
-        let _ = conn.remote.set(caller.clone());
-    }
-    let id = RequestId::new();
-    let config = conn.core.config();
-    if accepted && !config.disable_authentication && entry.requires_auth() {
-        let result = match &auth {
-            None => Err(KiteError::authentication(
-                "No authentication information is provided",
-            )),
-            Some(a) => {
-                conn.core
-                    .authenticate(a, &conn.core.cached_identity().kite)
-                    .await
+    async move {
+        // Held until the reply is sent.
+        let _permit = permit;
+        let mut caller = caller;
+        let accepted = conn.info.role() == Role::Accepted;
+        if accepted && conn.remote.get().is_none() {
+            let _ = conn.remote.set(caller.clone());
+        }
+        let id = RequestId::new();
+        let config = conn.core.config();
+        if accepted && !config.disable_authentication && entry.requires_auth() {
+            let result = match &auth {
+                None => Err(KiteError::authentication(
+                    "No authentication information is provided",
+                )),
+                Some(a) => {
+                    conn.core
+                        .authenticate(a, &conn.core.cached_identity().kite)
+                        .await
+                }
+            };
+            match result {
+                Ok(username) => caller = conn.authenticated_caller(caller, username),
+                Err(e) => {
+                    if let Some(rc) = rc {
+                        conn.reply(rc, Err(e.with_id(id.as_str())), Vec::new())
+                            .await;
+                    }
+                    return;
+                }
             }
-        };
-        match result {
-            Ok(username) => caller = conn.authenticated_caller(caller, username),
-            Err(e) => {
+        }
+        if let Some(bucket) = entry.bucket() {
+            if !bucket.try_take() {
                 if let Some(rc) = rc {
-                    conn.reply(rc, Err(e.with_id(id.as_str())), Vec::new())
-                        .await;
+                    conn.reply(
+                        rc,
+                        Err(KiteError::request_limit().with_id(id.as_str())),
+                        Vec::new(),
+                    )
+                    .await;
                 }
                 return;
             }
         }
-    }
-    if let Some(bucket) = entry.bucket() {
-        if !bucket.try_take() {
+        let request = Request(Arc::new(RequestInner {
+            id,
+            method: entry.name.clone(),
+            caller,
+            auth,
+            args: Args::new(with_args, conn.weak()),
+            connection: Connection(conn.clone()),
+            fields,
+            cancel: OnceLock::new(),
+        }));
+        let hooks = conn.core.hooks();
+        let run = async {
+            for pre in &hooks.pre {
+                pre(&request)?;
+            }
+            // A panic while creating or running the handler's future is caught here.
+            let fut = match entry.direct() {
+                Some(direct) => {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| direct(request.clone())))
+                }
+                None => {
+                    let mut svc = entry.service();
+                    let svc = svc.ready().await?;
+                    std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(request.clone())))
+                }
+            };
+            match fut {
+                Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
+                    Ok(r) => r,
+                    Err(p) => Err(panic_error(p)),
+                },
+                Err(p) => Err(panic_error(p)),
+            }
+        };
+        let (mut result, functions) = with_reply_scope(run).await;
+        for post in &hooks.post {
+            post(&request, &mut result);
+        }
+        let result = result.map_err(|e| {
+            if e.id.is_empty() {
+                e.with_id(id.as_str())
+            } else {
+                e
+            }
+        });
+        if hooks.finals.is_empty() {
             if let Some(rc) = rc {
-                conn.reply(
-                    rc,
-                    Err(KiteError::request_limit().with_id(id.as_str())),
-                    Vec::new(),
-                )
-                .await;
+                conn.reply(rc, result, functions).await;
             }
             return;
         }
-    }
-    let request = Request(Arc::new(RequestInner {
-        id,
-        method: entry.name.clone(),
-        caller,
-        auth,
-        args: Args::new(with_args, conn.weak()),
-        connection: Connection(conn.clone()),
-        fields,
-        cancel: OnceLock::new(),
-    }));
-    let hooks = conn.core.hooks();
-    let run = async {
-        for pre in &hooks.pre {
-            pre(&request)?;
-        }
-        // A panic while creating or running the handler's future is caught here.
-        let fut = match entry.direct() {
-            Some(direct) => std::panic::catch_unwind(AssertUnwindSafe(|| direct(request.clone()))),
-            None => {
-                let mut svc = entry.service();
-                let svc = svc.ready().await?;
-                std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(request.clone())))
-            }
-        };
-        match fut {
-            Ok(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(r) => r,
-                Err(p) => Err(panic_error(p)),
-            },
-            Err(p) => Err(panic_error(p)),
-        }
-    };
-    let (mut result, functions) = with_reply_scope(run).await;
-    for post in &hooks.post {
-        post(&request, &mut result);
-    }
-    let result = result.map_err(|e| {
-        if e.id.is_empty() {
-            e.with_id(id.as_str())
-        } else {
-            e
-        }
-    });
-    if hooks.finals.is_empty() {
         if let Some(rc) = rc {
-            conn.reply(rc, result, functions).await;
+            conn.reply(rc, result.clone(), functions).await;
         }
-        return;
-    }
-    if let Some(rc) = rc {
-        conn.reply(rc, result.clone(), functions).await;
-    }
-    for f in &hooks.finals {
-        f(&request, &result);
+        for f in &hooks.finals {
+            f(&request, &result);
+        }
     }
 }
 

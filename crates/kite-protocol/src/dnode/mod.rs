@@ -334,22 +334,6 @@ pub fn json_type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Appends `n` in decimal.
-pub(crate) fn write_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
-}
-
 /// Values nested deeper than this are written by `serde_json` (see [`write_json_value`]).
 const WRITE_DEPTH: usize = 32;
 
@@ -431,6 +415,11 @@ pub(crate) fn write_json_string(out: &mut String, s: &str) {
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Appends `n` in decimal, as `Display` writes it, without the formatting machinery.
+pub(crate) fn write_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 impl Message {
@@ -569,6 +558,39 @@ mod tests {
         write_u64(&mut out, 0);
         write_u64(&mut out, u64::MAX);
         assert_eq!(out, format!("0{}", u64::MAX));
+    }
+
+    #[test]
+    fn write_value_matches_display() {
+        let values = [
+            json!(null),
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(16),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(-1),
+            json!(16.0),
+            json!(-0.5),
+            json!(1e300),
+            json!(""),
+            json!("q\"\\\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}\u{2028}é"),
+            json!([]),
+            json!([4, -4, 4.5, "x", null, true, [1, [2]], {"a": [1, "b"]}]),
+            json!({"k": "v", "n": 1}),
+            json!([[[]]]),
+        ];
+        for v in values {
+            let mut out = String::from("prefix");
+            write_json_value(&mut out, &v);
+            assert_eq!(out, format!("prefix{v}"));
+        }
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX / 10, u64::MAX] {
+            let mut out = String::new();
+            write_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

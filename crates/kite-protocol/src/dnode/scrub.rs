@@ -114,9 +114,20 @@ fn frame_of(v: &mut Value) -> Option<Frame<'_>> {
 /// `"[Function]"`, assigning ids `*next_id, *next_id + 1, ...` in depth-first order
 /// (object keys in map order, array elements in index order). Returns what it replaced,
 /// in id order; paths use integers for array indexes and start with the index into
-/// `arguments`. Iterative (no recursion) and allocation-free when there are no markers.
+/// `arguments`. Iterative (no recursion); allocation-free for an array of numbers, booleans
+/// and nulls (the usual arguments), and the result allocates only when there are markers.
 /// A root that is itself a marker is not replaced (it would have an empty path).
 pub fn scrub(arguments: &mut Value, next_id: &mut u64) -> Vec<ScrubbedFunction> {
+    // The usual arguments, numbers, booleans and nulls in an array, hold no marker: no
+    // stack to allocate.
+    if let Value::Array(a) = arguments {
+        if !a
+            .iter()
+            .any(|e| matches!(e, Value::String(_) | Value::Array(_) | Value::Object(_)))
+        {
+            return Vec::new();
+        }
+    }
     let mut found = Vec::new();
     let mut stack: Vec<Frame<'_>> = Vec::new();
     stack.extend(frame_of(arguments));
@@ -429,6 +440,24 @@ mod tests {
         assert_eq!(plain, before);
         let mut root = Value::String(f(0));
         assert!(scrub(&mut root, &mut next).is_empty());
+    }
+
+    #[test]
+    fn scrub_of_flat_arguments() {
+        // Numbers, booleans and nulls only: nothing replaced, ids untouched.
+        let mut args = json!([4, 1.5, true, null]);
+        let mut next = 3;
+        assert!(scrub(&mut args, &mut next).is_empty());
+        assert_eq!(args, json!([4, 1.5, true, null]));
+        assert_eq!(next, 3);
+        // One marker among them still goes through the full walk.
+        let mut args = json!([4, function_marker(0), null]);
+        let found = scrub(&mut args, &mut next);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, 3);
+        assert_eq!(found[0].path, p(&[json!(1)]));
+        assert_eq!(args, json!([4, "[Function]", null]));
+        assert_eq!(next, 4);
     }
 
     #[test]

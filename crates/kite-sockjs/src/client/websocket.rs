@@ -12,10 +12,18 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::net::{connect_stream, MaybeTlsStream, Target};
 use super::{session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
+use crate::adaptive_read::AdaptiveRead;
 use crate::frames::encode_frames;
 use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
 
-type Ws = WebSocketStream<MaybeTlsStream>;
+type Ws = WebSocketStream<AdaptiveRead<MaybeTlsStream>>;
+
+/// tungstenite's read buffer: the most one socket read takes in while responses are small
+/// (tungstenite zero-fills this much before every read, so it is kept small); bursts are
+/// read through [`AdaptiveRead`]'s buffer instead, up to [`READ_BUFFER_MAX`] at a time.
+const READ_BUFFER: usize = 512;
+/// The most [`AdaptiveRead`] reads at once.
+const READ_BUFFER_MAX: usize = 64 * 1024;
 
 /// How long the closing handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -59,7 +67,7 @@ pub(super) async fn connect(
         }
     }
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
@@ -67,6 +75,7 @@ pub(super) async fn connect(
     let handshake = async {
         let stream = connect_stream(target, config.tls.as_ref()).await?;
         let peer = stream.peer_addr();
+        let stream = AdaptiveRead::new(stream, READ_BUFFER_MAX);
         match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
             Ok((ws, response)) => {
                 config

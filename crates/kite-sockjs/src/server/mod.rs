@@ -37,7 +37,6 @@
 //! # }
 //! ```
 
-mod adaptive_read;
 mod http_util;
 mod websocket;
 mod xhr;

@@ -28,9 +28,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSo
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::adaptive_read::AdaptiveRead;
 use super::http_util;
 use super::{SessionSlot, Shared};
+use crate::adaptive_read::AdaptiveRead;
 use crate::frames::encode_frames;
 use crate::session::{
     Outbound, ReceiverGone, Role, Session, SessionInfo, Transport, TransportSide,

@@ -1,24 +1,30 @@
 //! An adaptive read buffer under the WebSocket codec.
 //!
 //! tungstenite reads the socket in pieces of at most its configured read buffer
-//! (`ServerConfig::websocket_read_buffer`, 512 B by default, allocated per connection for its
-//! whole life). That keeps idle connections small but costs one `recvfrom` per 512 B when
-//! a client sends a batch (a 24 KB batch of 64 requests took ~48 reads). [`AdaptiveRead`]
-//! sits between the codec and the socket:
+//! (`ServerConfig::websocket_read_buffer`, 512 B by default on the server, the same on the
+//! client; allocated per connection for its whole life), and zero-fills that piece of its
+//! buffer before every read. A small read buffer keeps idle connections small and the
+//! zero-filling cheap, but costs one `recvfrom` per 512 B when a peer sends a batch (a
+//! 24 KB batch of 64 requests took ~48 reads). [`AdaptiveRead`] sits between the codec
+//! and the socket:
 //!
 //! * while reads are small, they go straight into the codec's buffer (no buffer of ours,
 //!   no copy);
 //! * when a read fills the codec's whole request, more is probably waiting: the next reads
 //!   go through a buffer of ours, [`FIRST_BUFFER`] bytes, doubled each time a read fills it,
-//!   up to the configured maximum (`ServerConfig::websocket_read_buffer_max`);
-//! * a read that fills less than a quarter of it halves it; below [`FIRST_BUFFER`] it is
-//!   freed and reads go direct again. [`AdaptiveRead::release_idle`] frees it at once (the
-//!   transport calls it on its heartbeat, so idle connections hold no buffer of ours).
+//!   up to the configured maximum (`ServerConfig::websocket_read_buffer_max`). The socket
+//!   reads into its spare capacity, which is never zero-filled, and its allocation is kept
+//!   while reads stay buffered (it only grows), so a burst costs no allocation or memset;
+//! * a read that fills less than a quarter of it halves the next read's size; below
+//!   [`FIRST_BUFFER`] the buffer is freed and reads go direct again.
+//!   [`AdaptiveRead::release_idle`] frees it at once (the server calls it on its heartbeat,
+//!   so idle connections hold no buffer of ours).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Size of our buffer when reads start filling the codec's requests.
@@ -28,10 +34,9 @@ pub(crate) const FIRST_BUFFER: usize = 16 * 1024;
 #[derive(Debug)]
 pub(crate) struct AdaptiveRead<S> {
     inner: S,
-    /// Our buffer (empty while reads go direct); `buf[start..end]` is unread data.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Our buffer: its contents are the unread data; its capacity is kept while reads are
+    /// buffered (none while reads go direct).
+    buf: BytesMut,
     /// Size of the next buffered read; 0 = read directly into the caller's buffer.
     size: usize,
     max: usize,
@@ -43,9 +48,7 @@ impl<S> AdaptiveRead<S> {
     pub(crate) fn new(inner: S, max: usize) -> Self {
         AdaptiveRead {
             inner,
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
+            buf: BytesMut::new(),
             size: 0,
             max,
         }
@@ -53,10 +56,8 @@ impl<S> AdaptiveRead<S> {
 
     /// Frees our buffer if it holds no unread data, and reads go direct again.
     pub(crate) fn release_idle(&mut self) {
-        if self.start == self.end && !self.buf.is_empty() {
-            self.buf = Vec::new();
-            self.start = 0;
-            self.end = 0;
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
             self.size = 0;
         }
     }
@@ -64,17 +65,13 @@ impl<S> AdaptiveRead<S> {
     /// Bytes our buffer currently holds allocated (for tests).
     #[cfg(test)]
     fn buffer_len(&self) -> usize {
-        self.buf.len()
+        self.buf.capacity()
     }
 
     fn copy_out(&mut self, out: &mut ReadBuf<'_>) {
-        let n = out.remaining().min(self.end - self.start);
-        out.put_slice(&self.buf[self.start..self.start + n]);
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        let n = out.remaining().min(self.buf.len());
+        out.put_slice(&self.buf[..n]);
+        self.buf.advance(n);
     }
 }
 
@@ -85,7 +82,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AdaptiveRead<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.start < this.end {
+        if !this.buf.is_empty() {
             this.copy_out(out);
             return Poll::Ready(Ok(()));
         }
@@ -100,28 +97,31 @@ impl<S: AsyncRead + Unpin> AsyncRead for AdaptiveRead<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        // Buffered: our buffer is empty here, so it can change size.
-        if this.buf.len() != this.size {
-            this.buf = vec![0; this.size];
+        // Buffered: our buffer is empty here. `try_reclaim` takes back the space of the data
+        // already handed out (nothing to copy: none is left); a larger size gets a fresh
+        // allocation rather than a reallocation that would copy the old one.
+        let size = this.size;
+        if this.buf.capacity() < size && !this.buf.try_reclaim(size) {
+            this.buf = BytesMut::with_capacity(size);
         }
-        let mut rb = ReadBuf::new(&mut this.buf);
-        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-        let got = rb.filled().len();
-        if got == this.size {
-            this.size = (this.size * 2).min(this.max).max(this.size);
-        } else if got < this.size / 4 {
+        let got = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut this.inner),
+            cx,
+            &mut (&mut this.buf).limit(size),
+        ))?;
+        if got == size {
+            this.size = (size * 2).min(this.max).max(size);
+        } else if got < size / 4 {
             this.size /= 2;
             if this.size < FIRST_BUFFER {
                 this.size = 0;
             }
         }
-        this.start = 0;
-        this.end = got;
         if got > 0 {
             this.copy_out(out);
         }
-        if this.start == this.end && this.size == 0 {
-            this.buf = Vec::new();
+        if this.buf.is_empty() && this.size == 0 {
+            this.buf = BytesMut::new();
         }
         Poll::Ready(Ok(()))
     }
