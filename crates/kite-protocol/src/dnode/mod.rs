@@ -530,7 +530,8 @@ mod tests {
     }
 
     #[test]
-    fn deep_values_and_extreme_numbers_are_written_as_serde_json_writes_them() {
+    fn write_value_matches_display() {
+        // Deeper than WRITE_DEPTH: the rest is written by serde_json.
         let mut deep = json!([1, {"a": "b"}]);
         for i in 0..100 {
             deep = if i % 2 == 0 {
@@ -539,30 +540,10 @@ mod tests {
                 json!({ "k": deep })
             };
         }
-        for v in [
-            deep,
-            json!(0),
-            json!(u64::MAX),
-            json!(i64::MIN),
-            json!(-1),
-            json!(1.5e300),
-            json!(-0.0),
-            json!([]),
-            json!({}),
-        ] {
-            let mut out = String::new();
-            write_json_value(&mut out, &v);
-            assert_eq!(out, serde_json::to_string(&v).unwrap());
-        }
-        let mut out = String::new();
-        write_u64(&mut out, 0);
-        write_u64(&mut out, u64::MAX);
-        assert_eq!(out, format!("0{}", u64::MAX));
-    }
-
-    #[test]
-    fn write_value_matches_display() {
         let values = [
+            deep,
+            json!(-0.0),
+            json!({}),
             json!(null),
             json!(true),
             json!(false),
