@@ -321,6 +321,9 @@ pub(crate) async fn auth(plan: &Plan, findings: &mut Findings) -> anyhow::Result
             findings.token_ratio = Some((samples[1].rate(), base));
         }
     }
+    if !full {
+        return Ok(());
+    }
     let load_after = machine::loadavg();
     let caller = rpc::caller_kite(Wire::SockJsWs)?;
     let sizes: Vec<String> = modes
@@ -332,9 +335,6 @@ pub(crate) async fn auth(plan: &Plan, findings: &mut Findings) -> anyhow::Result
             format!("{} {} B", mode.name(), request.len())
         })
         .collect();
-    if !full {
-        return Ok(());
-    }
     println!("### Authentication cost (SockJS WebSocket)\n");
     println!(
         "The kite trusts a 2048-bit Kontrol key; callers send a token (audience `/bench/<env>/math`) or a kite key issued with it (request frames: {}). {}. Load average before/after: {load_before} / {load_after}.\n",

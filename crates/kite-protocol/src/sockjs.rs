@@ -252,7 +252,7 @@ fn fast_string_with(text: &str, start: usize, scratch: &mut Vec<u8>) -> Option<(
         // start`, so it always fits.
         if let Some(v) = word_at(b, i) {
             dst[o..o + 8].copy_from_slice(&v.to_le_bytes());
-            let m = below_low(v, 0x23) | eq_low(v, b'\\');
+            let m = unescape_stops(v);
             if m != 0 {
                 let k = first_byte(m);
                 i += k;
@@ -263,7 +263,7 @@ fn fast_string_with(text: &str, start: usize, scratch: &mut Vec<u8>) -> Option<(
                 o += 8;
                 let run = i;
                 while let Some(v) = word_at(b, i) {
-                    let m = below_low(v, 0x23) | eq_low(v, b'\\');
+                    let m = unescape_stops(v);
                     if m != 0 {
                         i += first_byte(m);
                         break;
@@ -293,12 +293,20 @@ fn fast_string_with(text: &str, start: usize, scratch: &mut Vec<u8>) -> Option<(
     Some((string, i + 1))
 }
 
+/// The bytes of `v` where unescaping a JSON string body must look closer: a quote, a
+/// backslash or a byte below 0x23 (control characters; a space or `!` is a false alarm).
+/// Only the lowest marked byte is certain.
+#[inline(always)]
+fn unescape_stops(v: u64) -> u64 {
+    below_low(v, 0x23) | eq_low(v, b'\\')
+}
+
 /// Whether no byte of `v` may need an escape in a JSON string literal (SockJS rules):
 /// none is a quote, a backslash, below 0x23 or non-ASCII (a space or `!` takes the slow
 /// way, where it is copied as it is).
 #[inline(always)]
 fn plain_word(v: u64) -> bool {
-    (below_low(v, 0x23) | eq_low(v, b'\\') | v) & HIGHS == 0
+    (unescape_stops(v) | v) & HIGHS == 0
 }
 
 /// Stores bytes `from..` of word `v` at `dst[o..]` (a whole word: the caller accounts for
@@ -548,16 +556,14 @@ pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
     // Room for the common case (a dnode JSON text: one quote to escape in ~6 bytes); it
     // grows when a text needs more.
     let mut end = start + b.len() + b.len() / 4 + QUOTE_ROOM + 2;
-    out.resize(end);
-    let mut dst = out.bytes_mut();
+    let mut dst = grow(out, end);
     dst[start] = b'"';
     let mut o = start + 1;
     let mut i = 0;
     while let Some(v) = word_at(b, i) {
         if end - o < QUOTE_ROOM {
             end = o + (b.len() - i) * 2 + QUOTE_ROOM + 2;
-            out.resize(end);
-            dst = out.bytes_mut();
+            dst = grow(out, end);
         }
         // A run of plain words (no quote, backslash, byte below 0x23 or non-ASCII byte)
         // is copied as it is: long values such as tokens.
@@ -573,8 +579,7 @@ pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
             let n = i - run;
             if end - o < n + QUOTE_ROOM {
                 end = o + n + (b.len() - i) * 2 + QUOTE_ROOM + 2;
-                out.resize(end);
-                dst = out.bytes_mut();
+                dst = grow(out, end);
             }
             if n == 8 {
                 store_word(dst, o, v, 0);
@@ -602,15 +607,20 @@ pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
     }
     // The last few bytes, one at a time (each at most 6 bytes escaped).
     if end - o < QUOTE_ROOM + 6 * 8 {
-        end = o + 6 * 8 + 2;
-        out.resize(end);
-        dst = out.bytes_mut();
+        dst = grow(out, o + 6 * 8 + 2);
     }
     while i < b.len() {
         (i, o) = escape_at(s, i, dst, o);
     }
     dst[o] = b'"';
     out.resize(o + 1);
+}
+
+/// Makes `out` `end` bytes long and returns its bytes to write.
+#[inline(always)]
+fn grow<B: FrameBuf + ?Sized>(out: &mut B, end: usize) -> &mut [u8] {
+    out.resize(end);
+    out.bytes_mut()
 }
 
 /// Stores bytes `0..end` of word `v` at `dst[o..]`, a backslash before each byte marked in
