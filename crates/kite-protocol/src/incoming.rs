@@ -49,6 +49,8 @@ use crate::envelope::{decode_response, Authentication, Request, RequestError};
 use crate::error::KiteError;
 use crate::identity::Kite;
 
+mod scan;
+
 /// The keys of a request's options object that [`RequestRef`] has fields for; any other
 /// key goes to [`RequestRef::fields`].
 pub const STANDARD_KEYS: [&str; 4] = ["kite", "authentication", "withArgs", "responseCallback"];
@@ -254,6 +256,33 @@ impl IncomingCallback<'_> {
 
 /// Decodes one incoming message within `limits` (see the [module docs](self)).
 pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, DecodeError> {
+    // The usual request and response, read by hand.
+    if let Some((method, request, report)) = scan::request(text, limits) {
+        return Ok(Incoming::Call(IncomingCall {
+            method: Cow::Borrowed(method),
+            request: Ok(request),
+            report,
+        }));
+    }
+    if let Some((id, outcome)) = scan::response(text, limits) {
+        return Ok(Incoming::Callback(IncomingCallback {
+            id,
+            parts: Parts {
+                method: PartsMethod::Callback(id),
+                arguments: None,
+                early: Some(Early::Response(Some(outcome))),
+                callbacks: Default::default(),
+                links: Vec::new(),
+            },
+            limits,
+            text,
+        }));
+    }
+    decode_general(text, limits)
+}
+
+/// [`decode`] without the hand-written reader of [`scan`].
+fn decode_general<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, DecodeError> {
     // First try: arguments after the method (Go's and our order) are decoded typed in the
     // same pass.
     if let Ok(mut parts) = decode_parts_with(text, limits, true) {

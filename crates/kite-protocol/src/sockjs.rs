@@ -303,7 +303,7 @@ fn fast_string_with(text: &str, start: usize, scratch: &mut Vec<u8>) -> Option<(
 /// backslash or a byte below 0x23 (control characters; a space or `!` is a false alarm).
 /// Only the lowest marked byte is certain.
 #[inline(always)]
-fn unescape_stops(v: u64) -> u64 {
+pub(crate) fn unescape_stops(v: u64) -> u64 {
     below_low(v, 0x23) | eq_low(v, b'\\')
 }
 
@@ -354,7 +354,7 @@ fn escape_in_block(block: &[u8; BLOCK]) -> bool {
 /// (tokens, ids) are skipped a block at a time. Not inlined: its loops stay out of the
 /// caller's, which handles the dense escapes of a JSON text.
 #[inline(never)]
-fn unescape_run_end(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn unescape_run_end(b: &[u8], mut i: usize) -> usize {
     while let Some(c) = block_at(b, i) {
         if stop_in_block(c) {
             break;
@@ -424,7 +424,7 @@ const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
 /// The eight bytes of `b` from `i`, if there are eight (little-endian: byte `i` lowest).
 #[inline(always)]
-fn word_at(b: &[u8], i: usize) -> Option<u64> {
+pub(crate) fn word_at(b: &[u8], i: usize) -> Option<u64> {
     let chunk = b.get(i..i.checked_add(8)?)?;
     let mut w = [0u8; 8];
     w.copy_from_slice(chunk);
@@ -476,7 +476,7 @@ fn below_low(v: u64, n: u8) -> u64 {
 
 /// The index of the first byte marked in a non-zero mask.
 #[inline(always)]
-fn first_byte(mask: u64) -> usize {
+pub(crate) fn first_byte(mask: u64) -> usize {
     (mask.trailing_zeros() / 8) as usize
 }
 

@@ -1,0 +1,920 @@
+//! A hand-written reader for the request in its usual shape, tried before the general
+//! decoder: `{"method":"name","arguments":[{options}],"callbacks":{"7":[0,
+//! "responseCallback"]},"links":[]}` with the keys in any order, the options' standard
+//! keys and extra fields, and strings without escapes. It reads the envelope, the `kite`
+//! and `authentication` objects and the keys of the options itself, one byte at a time
+//! with long strings skipped in blocks, where `serde_json` costs a visitor call per token;
+//! only the values of `withArgs` and of extra fields go through `serde_json`.
+//!
+//! It takes no decision of its own: anything outside that shape (an escape in a string,
+//! another top-level key, a callback inside `withArgs`, links, a duplicate envelope key,
+//! a deep value, bad JSON) returns `None` and the general decoder reads the message from
+//! the start, so results and errors are the general decoder's. A test checks that both
+//! agree on generated and mutated requests.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::{AuthenticationRef, KiteRef, RequestRef};
+use crate::dnode::{parse_callback_marker, Limits, UnscrubReport};
+use crate::error::KiteError;
+use crate::sockjs::{first_byte, unescape_run_end, unescape_stops, word_at};
+
+/// How deep `withArgs` or an extra field may nest here; deeper values go the general way
+/// (whose limit counts from the top of the message).
+const MAX_VALUE_DEPTH: usize = 32;
+
+/// The request, if `text` is one in the usual shape.
+pub(super) fn request<'a>(
+    text: &'a str,
+    limits: &Limits,
+) -> Option<(&'a str, RequestRef<'a>, UnscrubReport)> {
+    if text.len() > limits.max_message_bytes {
+        return None;
+    }
+    let mut s = Scanner { text, i: 0 };
+    let mut method = None;
+    // Filled in place (a large value, not to be moved through every layer); made only
+    // when `arguments` is met, so a response costs nothing here.
+    let mut out: Option<RequestRef<'a>> = None;
+    let mut options = None;
+    // The response callback's id, `Some(None)` for `"callbacks":{}`.
+    let mut callbacks: Option<Option<u64>> = None;
+    let mut links = false;
+    s.expect(b'{')?;
+    if !s.eat(b'}') {
+        loop {
+            let key = s.key()?;
+            match key {
+                "method" if method.is_none() => method = Some(s.string()?),
+                "arguments" if options.is_none() => {
+                    s.expect(b'[')?;
+                    options = Some(s.options(out.insert(RequestRef::default()))?);
+                    s.expect(b']')?;
+                }
+                "callbacks" if callbacks.is_none() => callbacks = Some(s.callbacks(limits)?),
+                "links" if !links => {
+                    s.expect(b'[')?;
+                    s.expect(b']')?;
+                    links = true;
+                }
+                _ => return None,
+            }
+            if !s.next_member()? {
+                break;
+            }
+        }
+    }
+    s.end()?;
+    let method = method?;
+    let options = options?;
+    let mut out = out?;
+    let mut report = UnscrubReport::default();
+    let response_callback = match callbacks.flatten() {
+        Some(id) => {
+            report.installed = 1;
+            Some(id)
+        }
+        None => options.response_callback.and_then(parse_callback_marker),
+    };
+    out.with_args = match options.with_args {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(other) => vec![other],
+    };
+    out.response_callback = response_callback;
+    Some((method, out, report))
+}
+
+/// The response `{"method":7,"arguments":[{"error":...,"result":...}],"callbacks":{}}`
+/// (keys in any order, `links` empty if present, no other keys): the callback id and the
+/// outcome, read as the general decoder's `response` reads it.
+pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value, KiteError>)> {
+    if text.len() > limits.max_message_bytes {
+        return None;
+    }
+    let mut s = Scanner { text, i: 0 };
+    let mut id = None;
+    let mut outcome = None;
+    let (mut callbacks, mut links) = (false, false);
+    s.expect(b'{')?;
+    if !s.eat(b'}') {
+        loop {
+            match s.key()? {
+                "method" if id.is_none() => id = Some(s.id()?),
+                "arguments" if outcome.is_none() => {
+                    s.expect(b'[')?;
+                    outcome = Some(s.response_object()?);
+                    s.expect(b']')?;
+                }
+                "callbacks" if !callbacks => {
+                    s.expect(b'{')?;
+                    s.expect(b'}')?;
+                    callbacks = true;
+                }
+                "links" if !links => {
+                    s.expect(b'[')?;
+                    s.expect(b']')?;
+                    links = true;
+                }
+                _ => return None,
+            }
+            if !s.next_member()? {
+                break;
+            }
+        }
+    }
+    s.end()?;
+    Some((id?, outcome?))
+}
+
+/// What the options object holds besides what goes straight into the request.
+#[derive(Default)]
+struct Options<'a> {
+    with_args: Option<Value>,
+    response_callback: Option<&'a str>,
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// Skips JSON whitespace.
+    fn ws(&mut self) {
+        let b = self.bytes();
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// Whether the next token is `c` (consumed if so).
+    fn eat(&mut self, c: u8) -> bool {
+        self.ws();
+        if self.bytes().get(self.i) == Some(&c) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> Option<()> {
+        self.eat(c).then_some(())
+    }
+
+    /// After an object member: `true` for a comma (another member follows), `false` for
+    /// the closing brace.
+    fn next_member(&mut self) -> Option<bool> {
+        if self.eat(b',') {
+            Some(true)
+        } else {
+            self.expect(b'}').map(|()| false)
+        }
+    }
+
+    /// Only whitespace is left.
+    fn end(&mut self) -> Option<()> {
+        self.ws();
+        (self.i == self.text.len()).then_some(())
+    }
+
+    /// A string without escapes or control characters (the opening quote is next).
+    fn string(&mut self) -> Option<&'a str> {
+        self.ws();
+        let b = self.bytes();
+        if b.get(self.i) != Some(&b'"') {
+            return None;
+        }
+        let start = self.i + 1;
+        let mut i = start;
+        loop {
+            // A word at a time up to a quote, a backslash or a byte below 0x23; a long
+            // string (a token) a block at a time.
+            if let Some(v) = word_at(b, i) {
+                let m = unescape_stops(v);
+                if m == 0 {
+                    i += 8;
+                    if i - start >= 24 {
+                        i = unescape_run_end(b, i);
+                    }
+                    continue;
+                }
+                i += first_byte(m);
+            }
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' => return None,
+                c if c < 0x20 => return None,
+                _ => i += 1,
+            }
+        }
+        self.i = i + 1;
+        self.text.get(start..i)
+    }
+
+    /// An object key and its colon.
+    fn key(&mut self) -> Option<&'a str> {
+        let k = self.string()?;
+        self.expect(b':')?;
+        Some(k)
+    }
+
+    /// A callback id: a canonical decimal number below 10^19.
+    fn id(&mut self) -> Option<u64> {
+        self.ws();
+        let b = self.bytes();
+        let digits = b[self.i..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if digits == 0 || digits > 19 || (digits > 1 && b[self.i] == b'0') {
+            return None;
+        }
+        let id = b[self.i..self.i + digits]
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        self.i += digits;
+        Some(id)
+    }
+
+    /// `{"error": ..., "result": ...}` with either key or both and no other: the outcome.
+    fn response_object(&mut self) -> Option<Result<Value, KiteError>> {
+        let (mut error, mut result) = (None, None);
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return None;
+        }
+        loop {
+            // A repeated key replaces the earlier value, as in the general decoder.
+            match self.key()? {
+                "error" => error = Some(self.null_or_value()?),
+                "result" => result = Some(self.null_or_value()?),
+                _ => return None,
+            }
+            if !self.next_member()? {
+                break;
+            }
+        }
+        Some(match error {
+            None | Some(Value::Null) => Ok(result.unwrap_or(Value::Null)),
+            Some(e) => Err(KiteError::from_value(&e)),
+        })
+    }
+
+    /// [`Scanner::value`], with `null` read here.
+    fn null_or_value(&mut self) -> Option<Value> {
+        if self.null() {
+            Some(Value::Null)
+        } else {
+            self.value()
+        }
+    }
+
+    /// `null`, if it is next (consumed).
+    fn null(&mut self) -> bool {
+        self.ws();
+        if self.bytes()[self.i..].starts_with(b"null") {
+            self.i += 4;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A string, or `null` as the empty string (the general decoder's `Text`).
+    fn text(&mut self) -> Option<&'a str> {
+        if self.null() {
+            Some("")
+        } else {
+            self.string()
+        }
+    }
+
+    /// `{"7":[0,"responseCallback"]}` (at most that one entry; `"0"` for `0` too): the
+    /// callback's id.
+    fn callbacks(&mut self, limits: &Limits) -> Option<Option<u64>> {
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Some(None);
+        }
+        if limits.max_callbacks < 1 || limits.max_path_len < 2 {
+            return None;
+        }
+        let id = self.key()?;
+        // Canonical decimal ids only; anything else is the general decoder's to judge.
+        if id.is_empty() || id.len() > 19 || (id.len() > 1 && id.starts_with('0')) {
+            return None;
+        }
+        let id: u64 = id.bytes().try_fold(0u64, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+        })?;
+        self.expect(b'[')?;
+        // Index 0, as Go writes it or as a key (JavaScript).
+        if !self.eat(b'0') && self.string()? != "0" {
+            return None;
+        }
+        self.expect(b',')?;
+        if self.string()? != "responseCallback" {
+            return None;
+        }
+        self.expect(b']')?;
+        self.expect(b'}')?;
+        Some(Some(id))
+    }
+
+    /// The one options object of `arguments`: `kite`, `authentication` and extra fields
+    /// go into `r`, the rest is returned.
+    fn options(&mut self, r: &mut RequestRef<'a>) -> Option<Options<'a>> {
+        let mut o = Options::default();
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Some(o);
+        }
+        loop {
+            // A repeated key replaces the earlier value, as in the general decoder.
+            match self.key()? {
+                "kite" => self.kite(&mut r.kite)?,
+                "authentication" => r.authentication = self.authentication()?,
+                "withArgs" => o.with_args = Some(self.value()?),
+                "responseCallback" => {
+                    self.ws();
+                    o.response_callback = match self.bytes().get(self.i) {
+                        Some(b'"') => Some(self.string()?),
+                        _ => {
+                            self.value()?;
+                            None
+                        }
+                    };
+                }
+                key => {
+                    let value = self.value()?;
+                    r.fields.insert(key.to_owned(), value);
+                }
+            }
+            if !self.next_member()? {
+                return Some(o);
+            }
+        }
+    }
+
+    /// `kite`: `null` or an object of the seven string (or `null`) fields, into `k`
+    /// (which it replaces).
+    fn kite(&mut self, k: &mut KiteRef<'a>) -> Option<()> {
+        *k = KiteRef::default();
+        if self.null() {
+            return Some(());
+        }
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            let key = self.key()?;
+            *k.field_mut(key)? = Cow::Borrowed(self.text()?);
+            if !self.next_member()? {
+                return Some(());
+            }
+        }
+    }
+
+    /// `authentication`: `null` or an object of `type` and `key`.
+    fn authentication(&mut self) -> Option<Option<AuthenticationRef<'a>>> {
+        if self.null() {
+            return Some(None);
+        }
+        let mut a = AuthenticationRef::default();
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Some(Some(a));
+        }
+        loop {
+            match self.key()? {
+                "type" => a.kind = Cow::Borrowed(self.text()?),
+                "key" => a.key = Cow::Borrowed(self.text()?),
+                _ => return None,
+            }
+            if !self.next_member()? {
+                return Some(Some(a));
+            }
+        }
+    }
+
+    /// Any JSON value, parsed by `serde_json` once its end is found (a small integer or
+    /// a literal right here).
+    fn value(&mut self) -> Option<Value> {
+        self.ws();
+        let start = self.i;
+        self.skip_value()?;
+        let raw = self.text.get(start..self.i)?;
+        match raw.as_bytes() {
+            b"null" => Some(Value::Null),
+            b"true" => Some(Value::Bool(true)),
+            b"false" => Some(Value::Bool(false)),
+            [b'1'..=b'9', rest @ ..] if rest.len() < 18 && rest.iter().all(u8::is_ascii_digit) => {
+                raw.parse::<u64>().ok().map(Value::from)
+            }
+            _ => serde_json::from_str(raw).ok(),
+        }
+    }
+
+    /// Moves past one JSON value (strings may have escapes here; the syntax is checked by
+    /// the parser that reads the value).
+    fn skip_value(&mut self) -> Option<()> {
+        let b = self.bytes();
+        let mut depth = 0usize;
+        loop {
+            self.ws();
+            match *b.get(self.i)? {
+                b'"' => self.skip_string()?,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > MAX_VALUE_DEPTH {
+                        return None;
+                    }
+                    self.i += 1;
+                    continue;
+                }
+                b'}' | b']' => {
+                    depth = depth.checked_sub(1)?;
+                    self.i += 1;
+                }
+                b',' | b':' => {
+                    if depth == 0 {
+                        return None;
+                    }
+                    self.i += 1;
+                    continue;
+                }
+                _ => {
+                    // A number or a literal: up to the next delimiter.
+                    let end = b[self.i..]
+                        .iter()
+                        .position(|c| {
+                            matches!(c, b',' | b'}' | b']' | b':' | b' ' | b'\t' | b'\n' | b'\r')
+                        })
+                        .map_or(b.len(), |n| self.i + n);
+                    if end == self.i {
+                        return None;
+                    }
+                    self.i = end;
+                }
+            }
+            if depth == 0 {
+                return Some(());
+            }
+        }
+    }
+
+    /// Moves past a string that may hold escapes.
+    fn skip_string(&mut self) -> Option<()> {
+        let b = self.bytes();
+        let mut i = self.i + 1;
+        loop {
+            i = unescape_run_end(b, i);
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+        self.i = i + 1;
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{decode_general, Incoming};
+    use super::*;
+
+    /// Deterministic pseudo-random numbers (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() >> 33) as usize % n
+        }
+        fn pick<'t>(&mut self, items: &[&'t str]) -> &'t str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// JSON whitespace, mostly none.
+    fn ws(rng: &mut Rng) -> &'static str {
+        ["", "", "", " ", "\n ", "\t", "\r\n"][rng.below(7)]
+    }
+
+    /// A JSON string literal: mostly plain, sometimes escaped, long or non-ASCII.
+    fn string(rng: &mut Rng) -> String {
+        match rng.below(60) {
+            0 => r#""a\"b""#.to_string(),
+            1 => r#""\u00e9t\u00e9""#.to_string(),
+            2..=9 => format!("\"{}\"", "tok.EN-_".repeat(1 + rng.below(40))),
+            10..=14 => "\"é€ \"".to_string(),
+            15..=19 => "\"\"".to_string(),
+            _ => format!(
+                "\"{}\"",
+                rng.pick(&["bench", "math", "1.0.0", "id-9f1c", "x y"])
+            ),
+        }
+    }
+
+    /// Any JSON value, up to `depth` levels of nesting.
+    fn value(rng: &mut Rng, depth: usize) -> String {
+        match rng.below(if depth == 0 { 6 } else { 9 }) {
+            0 => "null".into(),
+            1 => rng.pick(&["true", "false"]).into(),
+            2 => rng
+                .pick(&["0", "-1", "4", "2.5", "1e3", "18446744073709551616"])
+                .into(),
+            3..=5 => string(rng),
+            6 | 7 => {
+                let n = rng.below(4);
+                let items: Vec<String> = (0..n).map(|_| value(rng, depth - 1)).collect();
+                format!("[{}{}]", items.join(&format!(",{}", ws(rng))), ws(rng))
+            }
+            _ => {
+                let n = rng.below(3);
+                let items: Vec<String> = (0..n)
+                    .map(|_| format!("{}:{}{}", string(rng), ws(rng), value(rng, depth - 1)))
+                    .collect();
+                format!("{{{}}}", items.join(","))
+            }
+        }
+    }
+
+    /// An object of the given members, in a random order.
+    fn object(rng: &mut Rng, mut members: Vec<String>) -> String {
+        for k in (1..members.len()).rev() {
+            members.swap(k, rng.below(k + 1));
+        }
+        let sep = format!(",{}", ws(rng));
+        format!("{{{}{}{}}}", ws(rng), members.join(&sep), ws(rng))
+    }
+
+    fn member(key: &str, value: String, rng: &mut Rng) -> String {
+        format!("\"{key}\"{}:{}{value}", ws(rng), ws(rng))
+    }
+
+    /// A request, mostly in the usual shape, with every kind of deviation now and then.
+    fn generated(rng: &mut Rng) -> String {
+        let mut kite = Vec::new();
+        for field in [
+            "username",
+            "environment",
+            "name",
+            "version",
+            "region",
+            "hostname",
+            "id",
+        ] {
+            if rng.below(8) != 0 {
+                let v = if rng.below(12) == 0 {
+                    "null".to_string()
+                } else {
+                    string(rng)
+                };
+                kite.push(member(field, v, rng));
+            }
+        }
+        if rng.below(15) == 0 {
+            kite.push(member("extra", value(rng, 1), rng));
+        }
+        let mut options = Vec::new();
+        if rng.below(10) != 0 {
+            let k = match rng.below(20) {
+                0 => "null".to_string(),
+                1 => "5".to_string(),
+                _ => object(rng, kite),
+            };
+            options.push(member("kite", k, rng));
+        }
+        if rng.below(2) == 0 {
+            let mut auth = vec![
+                member("type", string(rng), rng),
+                member("key", string(rng), rng),
+            ];
+            if rng.below(10) == 0 {
+                auth.push(member("other", value(rng, 1), rng));
+            }
+            if rng.below(10) == 0 {
+                auth.pop();
+            }
+            let a = match rng.below(12) {
+                0 => "null".to_string(),
+                1 => "[]".to_string(),
+                _ => object(rng, auth),
+            };
+            options.push(member("authentication", a, rng));
+        }
+        if rng.below(8) != 0 {
+            let w = if rng.below(3) == 0 {
+                value(rng, 3)
+            } else {
+                format!("[{}]", value(rng, 2))
+            };
+            options.push(member("withArgs", w, rng));
+        }
+        if rng.below(3) != 0 {
+            let rc = match rng.below(6) {
+                0 => "7".to_string(),
+                1 => "\"[Function 12]\"".to_string(),
+                _ => "\"[Function]\"".to_string(),
+            };
+            options.push(member("responseCallback", rc, rng));
+        }
+        if rng.below(4) == 0 {
+            let key = rng.pick(&["deadline", "traceparent"]);
+            options.push(member(key, value(rng, 1), rng));
+        }
+        if rng.below(30) == 0 {
+            // A repeated key: the later value wins, as in a JSON tree.
+            options.push(member("withArgs", value(rng, 1), rng));
+        }
+        let mut top = Vec::new();
+        let method = match rng.below(25) {
+            0 => "17".to_string(),
+            1 => "null".to_string(),
+            2 => r#""sq\u0075are""#.to_string(),
+            _ => format!("\"{}\"", rng.pick(&["square", "kite.ping", "", "é"])),
+        };
+        if rng.below(30) != 0 {
+            top.push(member("method", method, rng));
+        }
+        let opts = object(rng, options);
+        let arguments = match rng.below(30) {
+            0 => format!("[{opts},{opts}]"),
+            1 => "[]".to_string(),
+            2 => "null".to_string(),
+            _ => format!("[{}{opts}{}]", ws(rng), ws(rng)),
+        };
+        top.push(member("arguments", arguments, rng));
+        if rng.below(6) != 0 {
+            let id = if rng.below(5) == 0 {
+                rng.pick(&["01", "x", "-1", "99999999999999999999", ""])
+            } else {
+                rng.pick(&["0", "3", "12", "18446744073709551615"])
+            };
+            let path = match rng.below(12) {
+                0 => r#"[0,"withArgs",0]"#,
+                1 | 5 => r#"["0","responseCallback"]"#,
+                6 => r#"["00","responseCallback"]"#,
+                2 => r#"[0,"responseCallback",1]"#,
+                3 => "[0]",
+                _ => r#"[0,"responseCallback"]"#,
+            };
+            let callbacks = match rng.below(10) {
+                0 => "{}".to_string(),
+                1 => format!(r#"{{"{id}":{path},"4":[0,"withArgs",1]}}"#),
+                _ => format!(r#"{{"{id}":{}{path}}}"#, ws(rng)),
+            };
+            top.push(member("callbacks", callbacks, rng));
+        }
+        if rng.below(3) == 0 {
+            let links = if rng.below(10) == 0 {
+                r#"[{"from":[0],"to":[1]}]"#
+            } else {
+                "[]"
+            };
+            top.push(member("links", links.to_string(), rng));
+        }
+        if rng.below(25) == 0 {
+            top.push(member("other", value(rng, 1), rng));
+        }
+        if rng.below(40) == 0 {
+            top.push(member("method", "\"again\"".to_string(), rng));
+        }
+        format!("{}{}{}", ws(rng), object(rng, top), ws(rng))
+    }
+
+    /// What the general decoder makes of `text`, when it reads a request.
+    fn general(text: &str, limits: &Limits) -> Option<String> {
+        match decode_general(text, limits) {
+            Ok(Incoming::Call(c)) => Some(format!("{:?} {:?} {:?}", c.method, c.request, c.report)),
+            _ => None,
+        }
+    }
+
+    fn scanned(text: &str, limits: &Limits) -> Option<String> {
+        request(text, limits).map(|(method, request, report)| {
+            format!(
+                "{:?} {:?} {:?}",
+                Cow::Borrowed(method),
+                Ok::<_, ()>(request),
+                report
+            )
+        })
+    }
+
+    #[test]
+    fn agrees_with_the_general_decoder_on_generated_requests() {
+        let limits = Limits::default();
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let (mut taken, mut total) = (0, 0);
+        for round in 0..20_000 {
+            let text = generated(&mut rng);
+            total += 1;
+            if let Some(fast) = scanned(&text, &limits) {
+                taken += 1;
+                assert_eq!(Some(fast), general(&text, &limits), "round {round}: {text}");
+            }
+            // Mutated: a character dropped, doubled or replaced by a structural one.
+            let chars: Vec<char> = text.chars().collect();
+            for _ in 0..4 {
+                let mut m = chars.clone();
+                let at = rng.below(m.len());
+                match rng.below(3) {
+                    0 => {
+                        m.remove(at);
+                    }
+                    1 => m.insert(at, m[at]),
+                    _ => {
+                        m[at] = ['{', '}', '[', ']', ',', ':', '"', '\\', '0', ' ', '\u{1}']
+                            [rng.below(11)]
+                    }
+                }
+                let m: String = m.into_iter().collect();
+                if let Some(fast) = scanned(&m, &limits) {
+                    assert_eq!(Some(fast), general(&m, &limits), "round {round}: {m}");
+                }
+            }
+            // Truncated.
+            let cut = rng.below(text.len());
+            if let Some(t) = text.get(..cut).filter(|t| t.trim_end() != text.trim_end()) {
+                assert_eq!(scanned(t, &limits), None, "{t}");
+            }
+        }
+        // A good share of the generated requests is in the usual shape (about a quarter:
+        // each deviation is rare, but there are many); the reader must take those.
+        assert!(taken * 5 > total, "taken {taken} of {total}");
+    }
+
+    /// A response, mostly in the usual shape.
+    fn generated_response(rng: &mut Rng) -> String {
+        let mut inner = Vec::new();
+        if rng.below(6) != 0 {
+            let e = match rng.below(8) {
+                0 => r#"{"type":"genericError","message":"no"}"#.to_string(),
+                1 => value(rng, 2),
+                _ => "null".to_string(),
+            };
+            inner.push(member("error", e, rng));
+        }
+        if rng.below(6) != 0 {
+            inner.push(member("result", value(rng, 3), rng));
+        }
+        if rng.below(20) == 0 {
+            inner.push(member("other", value(rng, 1), rng));
+        }
+        let arguments = match rng.below(20) {
+            0 => "[]".to_string(),
+            1 => format!("[{},1]", object(rng, inner)),
+            _ => format!("[{}]", object(rng, inner)),
+        };
+        let id = match rng.below(15) {
+            0 => rng.pick(&["\"7\"", "-1", "1.5", "01", "1e2", "18446744073709551615"]),
+            _ => rng.pick(&["0", "7", "123456789"]),
+        };
+        let mut top = vec![
+            member("method", id.to_string(), rng),
+            member("arguments", arguments, rng),
+        ];
+        if rng.below(3) != 0 {
+            let c = if rng.below(10) == 0 {
+                r#"{"1":[0,"result"]}"#
+            } else {
+                "{}"
+            };
+            top.push(member("callbacks", c.to_string(), rng));
+        }
+        if rng.below(4) == 0 {
+            top.push(member("links", "[]".to_string(), rng));
+        }
+        object(rng, top)
+    }
+
+    /// The callback id, the outcome and the arguments `decode` gives.
+    fn callback_outcome(
+        text: &str,
+        limits: &Limits,
+        decoder: for<'a> fn(&'a str, &'a Limits) -> Result<Incoming<'a>, crate::dnode::DecodeError>,
+    ) -> Option<String> {
+        let Ok(Incoming::Callback(cb)) = decoder(text, limits) else {
+            return None;
+        };
+        let id = cb.id;
+        let outcome = format!("{:?}", cb.response());
+        let Ok(Incoming::Callback(cb)) = decoder(text, limits) else {
+            return None;
+        };
+        Some(format!("{id} {outcome} {:?}", cb.arguments()))
+    }
+
+    #[test]
+    fn agrees_with_the_general_decoder_on_generated_responses() {
+        let limits = Limits::default();
+        let mut rng = Rng(0x5eed_1234_abcd_0002);
+        let mut taken = 0;
+        for round in 0..20_000 {
+            let text = generated_response(&mut rng);
+            let mut texts = vec![text.clone()];
+            let chars: Vec<char> = text.chars().collect();
+            for _ in 0..3 {
+                let mut m = chars.clone();
+                let at = rng.below(m.len());
+                match rng.below(3) {
+                    0 => {
+                        m.remove(at);
+                    }
+                    1 => m.insert(at, m[at]),
+                    _ => m[at] = ['{', '}', '[', ']', ',', ':', '"', '0', ' ', 'n'][rng.below(10)],
+                }
+                texts.push(m.into_iter().collect());
+            }
+            for t in &texts {
+                if response(t, &limits).is_some() {
+                    taken += 1;
+                    assert_eq!(
+                        callback_outcome(t, &limits, super::super::decode),
+                        callback_outcome(t, &limits, decode_general),
+                        "round {round}: {t}"
+                    );
+                }
+            }
+        }
+        assert!(taken > 20_000, "taken {taken}");
+    }
+
+    #[test]
+    fn takes_the_usual_request_and_leaves_the_rest() {
+        let limits = Limits::default();
+        let usual = r#"{"method":"square","arguments":[{"authentication":{"type":"token","key":"abc"},"kite":{"username":"u","environment":"e","name":"n","version":"1","region":"r","hostname":"h","id":"i"},"responseCallback":"[Function]","withArgs":[4]}],"callbacks":{"0":[0,"responseCallback"]},"links":[]}"#;
+        let (method, req, report) = request(usual, &limits).expect("usual shape");
+        assert_eq!(method, "square");
+        assert_eq!(req.kite.hostname, "h");
+        assert_eq!(req.authentication.as_ref().map(|a| &*a.key), Some("abc"));
+        assert_eq!(req.with_args, vec![serde_json::json!(4)]);
+        assert_eq!(req.response_callback, Some(0));
+        assert_eq!(report.installed, 1);
+        assert_eq!(scanned(usual, &limits), general(usual, &limits));
+
+        for other in [
+            // A response, an escaped string, links, a callback in withArgs, a second
+            // element, trailing text, too large.
+            r#"{"method":3,"arguments":[{"error":null,"result":16}],"callbacks":{}}"#,
+            r#"{"method":"squ\"are","arguments":[{}]}"#,
+            r#"{"method":"a","arguments":[{}],"links":[{"from":[0],"to":[1]}]}"#,
+            r#"{"method":"a","arguments":[{"withArgs":[1]}],"callbacks":{"1":[0,"withArgs",0]}}"#,
+            r#"{"method":"a","arguments":[{},{}]}"#,
+            r#"{"method":"a","arguments":[{}]} x"#,
+        ] {
+            assert_eq!(request(other, &limits).map(|r| r.0), None, "{other}");
+        }
+        let small = Limits {
+            max_message_bytes: 10,
+            ..Limits::default()
+        };
+        assert!(request(usual, &small).is_none());
+        // Nested deeper than the reader goes: left to the general decoder.
+        let deep = format!(
+            r#"{{"method":"a","arguments":[{{"withArgs":{}1{}}}]}}"#,
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert!(request(&deep, &limits).is_none());
+        assert!(general(&deep, &limits).is_some());
+
+        let usual = r#"{"method":17,"arguments":[{"error":null,"result":16}],"callbacks":{}}"#;
+        let (id, outcome) = response(usual, &limits).expect("usual response");
+        assert_eq!((id, outcome.ok()), (17, Some(serde_json::json!(16))));
+        let failed =
+            r#"{"method":1,"arguments":[{"error":{"type":"x","message":"m"},"result":null}]}"#;
+        assert_eq!(
+            response(failed, &limits)
+                .and_then(|r| r.1.err())
+                .map(|e| e.message),
+            Some("m".to_string())
+        );
+        for other in [
+            r#"{"method":"a","arguments":[{}]}"#,
+            r#"{"method":1,"arguments":[{"error":null,"result":1}],"callbacks":{"2":[0,"result"]}}"#,
+            r#"{"method":1,"arguments":[{}]}"#,
+            r#"{"method":1,"arguments":[{"result":1,"extra":2}]}"#,
+        ] {
+            assert!(response(other, &limits).is_none(), "{other}");
+        }
+    }
+}
