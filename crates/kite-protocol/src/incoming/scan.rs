@@ -42,30 +42,23 @@ pub(super) fn request<'a>(
     // The response callback's id, `Some(None)` for `"callbacks":{}`.
     let mut callbacks: Option<Option<u64>> = None;
     let mut links = false;
-    s.expect(b'{')?;
-    if !s.eat(b'}') {
-        loop {
-            let key = s.key()?;
-            match key {
-                "method" if method.is_none() => method = Some(s.string()?),
-                "arguments" if options.is_none() => {
-                    s.expect(b'[')?;
-                    options = Some(s.options(out.insert(RequestRef::default()))?);
-                    s.expect(b']')?;
-                }
-                "callbacks" if callbacks.is_none() => callbacks = Some(s.callbacks(limits)?),
-                "links" if !links => {
-                    s.expect(b'[')?;
-                    s.expect(b']')?;
-                    links = true;
-                }
-                _ => return None,
+    s.members(|s, key| {
+        match key {
+            "method" if method.is_none() => method = Some(s.string()?),
+            "arguments" if options.is_none() => {
+                s.expect(b'[')?;
+                options = Some(s.options(out.insert(RequestRef::default()))?);
+                s.expect(b']')?;
             }
-            if !s.next_member()? {
-                break;
+            "callbacks" if callbacks.is_none() => callbacks = Some(s.callbacks(limits)?),
+            "links" if !links => {
+                s.empty_array()?;
+                links = true;
             }
+            _ => return None,
         }
-    }
+        Some(())
+    })?;
     s.end()?;
     let method = method?;
     let options = options?;
@@ -98,33 +91,27 @@ pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value
     let mut id = None;
     let mut outcome = None;
     let (mut callbacks, mut links) = (false, false);
-    s.expect(b'{')?;
-    if !s.eat(b'}') {
-        loop {
-            match s.key()? {
-                "method" if id.is_none() => id = Some(s.id()?),
-                "arguments" if outcome.is_none() => {
-                    s.expect(b'[')?;
-                    outcome = Some(s.response_object()?);
-                    s.expect(b']')?;
-                }
-                "callbacks" if !callbacks => {
-                    s.expect(b'{')?;
-                    s.expect(b'}')?;
-                    callbacks = true;
-                }
-                "links" if !links => {
-                    s.expect(b'[')?;
-                    s.expect(b']')?;
-                    links = true;
-                }
-                _ => return None,
+    s.members(|s, key| {
+        match key {
+            "method" if id.is_none() => id = Some(s.id()?),
+            "arguments" if outcome.is_none() => {
+                s.expect(b'[')?;
+                outcome = Some(s.response_object()?);
+                s.expect(b']')?;
             }
-            if !s.next_member()? {
-                break;
+            "callbacks" if !callbacks => {
+                s.expect(b'{')?;
+                s.expect(b'}')?;
+                callbacks = true;
             }
+            "links" if !links => {
+                s.empty_array()?;
+                links = true;
+            }
+            _ => return None,
         }
-    }
+        Some(())
+    })?;
     s.end()?;
     Some((id?, outcome?))
 }
@@ -134,6 +121,17 @@ pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value
 struct Options<'a> {
     with_args: Option<Value>,
     response_callback: Option<&'a str>,
+}
+
+/// A canonical decimal number below 10^19 (no sign, no leading zero): the callback ids
+/// this reader takes; others are the general decoder's to judge.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 struct Scanner<'a> {
@@ -226,7 +224,7 @@ impl<'a> Scanner<'a> {
         Some(k)
     }
 
-    /// A callback id: a canonical decimal number below 10^19.
+    /// A callback id as a JSON number: see [`decimal`].
     fn id(&mut self) -> Option<u64> {
         self.ws();
         let b = self.bytes();
@@ -234,33 +232,47 @@ impl<'a> Scanner<'a> {
             .iter()
             .take_while(|c| c.is_ascii_digit())
             .count();
-        if digits == 0 || digits > 19 || (digits > 1 && b[self.i] == b'0') {
-            return None;
-        }
-        let id = b[self.i..self.i + digits]
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let id = decimal(&b[self.i..self.i + digits])?;
         self.i += digits;
         Some(id)
+    }
+
+    /// The members of an object (the opening brace is next): `member` reads the value of
+    /// each key.
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            let key = self.key()?;
+            member(self, key)?;
+            if !self.next_member()? {
+                return Some(());
+            }
+        }
+    }
+
+    /// `[]`.
+    fn empty_array(&mut self) -> Option<()> {
+        self.expect(b'[')?;
+        self.expect(b']')
     }
 
     /// `{"error": ..., "result": ...}` with either key or both and no other: the outcome.
     fn response_object(&mut self) -> Option<Result<Value, KiteError>> {
         let (mut error, mut result) = (None, None);
-        self.expect(b'{')?;
-        if self.eat(b'}') {
-            return None;
-        }
-        loop {
-            // A repeated key replaces the earlier value, as in the general decoder.
-            match self.key()? {
-                "error" => error = Some(self.null_or_value()?),
-                "result" => result = Some(self.null_or_value()?),
+        // A repeated key replaces the earlier value, as in the general decoder.
+        self.members(|s, key| {
+            match key {
+                "error" => error = Some(s.null_or_value()?),
+                "result" => result = Some(s.null_or_value()?),
                 _ => return None,
             }
-            if !self.next_member()? {
-                break;
-            }
+            Some(())
+        })?;
+        if error.is_none() && result.is_none() {
+            return None;
         }
         Some(match error {
             None | Some(Value::Null) => Ok(result.unwrap_or(Value::Null)),
@@ -307,14 +319,7 @@ impl<'a> Scanner<'a> {
         if limits.max_callbacks < 1 || limits.max_path_len < 2 {
             return None;
         }
-        let id = self.key()?;
-        // Canonical decimal ids only; anything else is the general decoder's to judge.
-        if id.is_empty() || id.len() > 19 || (id.len() > 1 && id.starts_with('0')) {
-            return None;
-        }
-        let id: u64 = id.bytes().try_fold(0u64, |n, d| {
-            d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-        })?;
+        let id = decimal(self.key()?.as_bytes())?;
         self.expect(b'[')?;
         // Index 0, as Go writes it or as a key (JavaScript).
         if !self.eat(b'0') && self.string()? != "0" {
@@ -333,35 +338,30 @@ impl<'a> Scanner<'a> {
     /// go into `r`, the rest is returned.
     fn options(&mut self, r: &mut RequestRef<'a>) -> Option<Options<'a>> {
         let mut o = Options::default();
-        self.expect(b'{')?;
-        if self.eat(b'}') {
-            return Some(o);
-        }
-        loop {
-            // A repeated key replaces the earlier value, as in the general decoder.
-            match self.key()? {
-                "kite" => self.kite(&mut r.kite)?,
-                "authentication" => r.authentication = self.authentication()?,
-                "withArgs" => o.with_args = Some(self.value()?),
+        // A repeated key replaces the earlier value, as in the general decoder.
+        self.members(|s, key| {
+            match key {
+                "kite" => s.kite(&mut r.kite)?,
+                "authentication" => r.authentication = s.authentication()?,
+                "withArgs" => o.with_args = Some(s.value()?),
                 "responseCallback" => {
-                    self.ws();
-                    o.response_callback = match self.bytes().get(self.i) {
-                        Some(b'"') => Some(self.string()?),
+                    s.ws();
+                    o.response_callback = match s.bytes().get(s.i) {
+                        Some(b'"') => Some(s.string()?),
                         _ => {
-                            self.value()?;
+                            s.value()?;
                             None
                         }
                     };
                 }
                 key => {
-                    let value = self.value()?;
+                    let value = s.value()?;
                     r.fields.insert(key.to_owned(), value);
                 }
             }
-            if !self.next_member()? {
-                return Some(o);
-            }
-        }
+            Some(())
+        })?;
+        Some(o)
     }
 
     /// `kite`: `null` or an object of the seven string (or `null`) fields, into `k`
@@ -371,17 +371,10 @@ impl<'a> Scanner<'a> {
         if self.null() {
             return Some(());
         }
-        self.expect(b'{')?;
-        if self.eat(b'}') {
-            return Some(());
-        }
-        loop {
-            let key = self.key()?;
-            *k.field_mut(key)? = Cow::Borrowed(self.text()?);
-            if !self.next_member()? {
-                return Some(());
-            }
-        }
+        self.members(|s, key| {
+            *k.field_mut(key)? = Cow::Borrowed(s.text()?);
+            Some(())
+        })
     }
 
     /// `authentication`: `null` or an object of `type` and `key`.
@@ -390,20 +383,15 @@ impl<'a> Scanner<'a> {
             return Some(None);
         }
         let mut a = AuthenticationRef::default();
-        self.expect(b'{')?;
-        if self.eat(b'}') {
-            return Some(Some(a));
-        }
-        loop {
-            match self.key()? {
-                "type" => a.kind = Cow::Borrowed(self.text()?),
-                "key" => a.key = Cow::Borrowed(self.text()?),
+        self.members(|s, key| {
+            match key {
+                "type" => a.kind = Cow::Borrowed(s.text()?),
+                "key" => a.key = Cow::Borrowed(s.text()?),
                 _ => return None,
             }
-            if !self.next_member()? {
-                return Some(Some(a));
-            }
-        }
+            Some(())
+        })?;
+        Some(Some(a))
     }
 
     /// Any JSON value, parsed by `serde_json` once its end is found (a small integer or
