@@ -1,11 +1,22 @@
 //! Where things are: the workspace, `interop/`, and the binaries `cargo test` builds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The workspace root (the directory of the root `Cargo.toml`).
+/// The workspace root (the directory of `Cargo.lock`), found from the package under test.
+///
+/// `cargo test` sets `CARGO_MANIFEST_DIR` when it runs a test binary; that is preferred
+/// to the value compiled in, which goes stale when clones at different paths share one
+/// target directory (cargo then reuses this crate's build from the other clone).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let start = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    start
+        .as_deref()
+        .unwrap_or(compiled)
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or_else(|| compiled.join("../.."), Path::to_path_buf)
 }
 
 /// The repository's `interop/` directory (Node.js peers and their `node_modules`).

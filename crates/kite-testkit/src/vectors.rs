@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-/// The vectors directory.
+/// The vectors directory (found like [`crate::paths::workspace_root`]).
 pub fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors")
+    crate::paths::workspace_root().join("crates/kite-testkit/vectors")
 }
 
 /// The text of vector file `file` (e.g. `square_token_auth.txt`, `dnode-vectors.json`).
