@@ -9,6 +9,10 @@
 //! (kite.js `links`, callbacks outside `responseCallback` and `withArgs`, type errors)
 //! takes the general path, so the results are always the same.
 //!
+//! Three readers are tried in turn: a hand-written one for the usual request and response
+//! (strings without escapes, the standard keys; `scan.rs`), a typed `serde_json` pass,
+//! and the general decoder. Each hands anything it does not take to the next.
+//!
 //! ```
 //! use kite_protocol::dnode::{Callbacks, Limits, PathElement};
 //! use kite_protocol::envelope::{encode_call_message, kite_json};
