@@ -12,7 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::net::{connect_stream, MaybeTlsStream, Target};
 use super::{session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
-use crate::adaptive_read::AdaptiveRead;
+use crate::adaptive_read::{AdaptiveRead, ReleaseRequest};
 use crate::frames::encode_frames;
 use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
 use crate::ws_failure::WsFailure;
@@ -21,7 +21,8 @@ type Ws = WebSocketStream<AdaptiveRead<MaybeTlsStream>>;
 
 /// tungstenite's read buffer: the most one socket read takes in while responses are small
 /// (tungstenite zero-fills this much before every read, so it is kept small); bursts are
-/// read through [`AdaptiveRead`]'s buffer instead, up to [`READ_BUFFER_MAX`] at a time.
+/// read through [`AdaptiveRead`]'s buffer instead, up to [`READ_BUFFER_MAX`] at a time,
+/// which is given back at the next server heartbeat (`h` frame) after the burst.
 const READ_BUFFER: usize = 512;
 /// The most [`AdaptiveRead`] reads at once.
 const READ_BUFFER_MAX: usize = 64 * 1024;
@@ -76,13 +77,14 @@ pub(super) async fn connect(
     let handshake = async {
         let stream = connect_stream(target, config.tls.as_ref()).await?;
         let peer = stream.peer_addr();
-        let stream = AdaptiveRead::new(stream, READ_BUFFER_MAX);
+        let mut stream = AdaptiveRead::new(stream, READ_BUFFER_MAX);
+        let release = stream.release_request();
         match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
             Ok((ws, response)) => {
                 config
                     .cookies
                     .store_response_headers(&target.host, &path, response.headers());
-                Ok((ws, peer))
+                Ok((ws, peer, release))
             }
             Err(tungstenite::Error::Http(response)) => {
                 config
@@ -95,7 +97,7 @@ pub(super) async fn connect(
             Err(e) => Err(ConnectError::WebSocket(Box::new(e))),
         }
     };
-    let (ws, peer) = tokio::time::timeout(config.handshake_timeout, handshake)
+    let (ws, peer, release) = tokio::time::timeout(config.handshake_timeout, handshake)
         .await
         .map_err(|_| ConnectError::Timeout {
             stage: "WebSocket handshake",
@@ -105,7 +107,7 @@ pub(super) async fn connect(
     let info = SessionInfo::new(session_id, Transport::WebSocket, Role::Dialed, peer);
     let (session, side) = Session::pair(info, config.outgoing_queue, config.incoming_queue);
     let inbound = side.deliverer();
-    tokio::spawn(run(ws, side, inbound, config.max_batch_bytes));
+    tokio::spawn(run(ws, side, inbound, config.max_batch_bytes, release));
     Ok(session)
 }
 
@@ -133,14 +135,20 @@ impl Ended {
 /// (close frame 1000 sent, the server's close awaited; bounded by [`CLOSE_TIMEOUT`]), so
 /// the server sees a clean close whichever side ended first — unless the connection is
 /// already gone ([`Ended::Lost`]).
-async fn run(ws: Ws, outbound: TransportSide, inbound: Deliverer, max_batch_bytes: usize) {
+async fn run(
+    ws: Ws,
+    outbound: TransportSide,
+    inbound: Deliverer,
+    max_batch_bytes: usize,
+    release: ReleaseRequest,
+) {
     let id = outbound.info().id().to_string();
     let (mut sink, mut stream) = ws.split();
     // Messages received and not yet matched by as many sent (see `write_loop`).
     let pending = AtomicUsize::new(0);
     let mut outbound = outbound;
     let ended = tokio::select! {
-        ended = read_loop(&mut stream, &inbound, &pending) => ended,
+        ended = read_loop(&mut stream, &inbound, &pending, &release) => ended,
         ended = write_loop(&mut sink, &mut outbound, max_batch_bytes, &pending) => ended,
     };
     // The session ends for its user now, not after the goodbye.
@@ -180,6 +188,7 @@ async fn read_loop(
     stream: &mut futures_util::stream::SplitStream<Ws>,
     inbound: &Deliverer,
     pending: &AtomicUsize,
+    release: &ReleaseRequest,
 ) -> Ended {
     let close = |why: &str| Ended::Close(why.to_string());
     loop {
@@ -201,7 +210,12 @@ async fn read_loop(
             Some(Ok(_)) => continue, // ping / pong: handled by tungstenite
         };
         match decode_server_frame(text.as_str()) {
-            Ok(ServerFrame::Open) | Ok(ServerFrame::Heartbeat) => {}
+            Ok(ServerFrame::Open) => {}
+            Ok(ServerFrame::Heartbeat) => {
+                // Like the server on its heartbeat: a burst's read buffer is given back
+                // now rather than over the next small reads (one per heartbeat).
+                release.request();
+            }
             Ok(ServerFrame::Messages(messages)) => {
                 // One at a time (not all at once): the user's task starts on the first
                 // while the rest are delivered, and the count tells the writer at once.
