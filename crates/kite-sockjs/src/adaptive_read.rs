@@ -18,10 +18,15 @@
 //! * a read that fills less than a quarter of it halves the next read's size; below
 //!   [`FIRST_BUFFER`] the buffer is freed and reads go direct again.
 //!   [`AdaptiveRead::release_idle`] frees it at once (the server calls it on its heartbeat,
-//!   so idle connections hold no buffer of ours).
+//!   so idle connections hold no buffer of ours). The client's codec sits behind a split
+//!   stream it can't reach, so it asks through a [`ReleaseRequest`] on each server
+//!   heartbeat instead: the buffer is freed at the start of the next read, that is before
+//!   the connection waits for more data.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -40,6 +45,21 @@ pub(crate) struct AdaptiveRead<S> {
     /// Size of the next buffered read; 0 = read directly into the caller's buffer.
     size: usize,
     max: usize,
+    /// Set by the [`ReleaseRequest`]s handed out: [`AdaptiveRead::release_idle`] at the
+    /// next read. `None` until one is asked for.
+    release: Option<Arc<AtomicBool>>,
+}
+
+/// Asks an [`AdaptiveRead`] that its owner can't reach directly (it is inside a split
+/// WebSocket stream) to [`release_idle`](AdaptiveRead::release_idle) at its next read.
+#[derive(Debug, Clone)]
+pub(crate) struct ReleaseRequest(Arc<AtomicBool>);
+
+impl ReleaseRequest {
+    /// The buffer is released (if it holds no unread data) when the next read starts.
+    pub(crate) fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl<S> AdaptiveRead<S> {
@@ -51,12 +71,22 @@ impl<S> AdaptiveRead<S> {
             buf: BytesMut::new(),
             size: 0,
             max,
+            release: None,
         }
+    }
+
+    /// A handle that makes the next read [`release_idle`](Self::release_idle) first.
+    pub(crate) fn release_request(&mut self) -> ReleaseRequest {
+        ReleaseRequest(self.release.get_or_insert_with(Default::default).clone())
     }
 
     /// Frees our buffer if it holds no unread data, and reads go direct again.
     pub(crate) fn release_idle(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
+            tracing::trace!(
+                bytes = self.buf.capacity(),
+                "sockjs: released the read buffer of an idle WebSocket"
+            );
             self.buf = BytesMut::new();
             self.size = 0;
         }
@@ -82,6 +112,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for AdaptiveRead<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this
+            .release
+            .as_ref()
+            .is_some_and(|r| r.load(Ordering::Relaxed) && r.swap(false, Ordering::Relaxed))
+        {
+            this.release_idle();
+        }
         if !this.buf.is_empty() {
             this.copy_out(out);
             return Poll::Ready(Ok(()));
@@ -221,6 +258,55 @@ mod tests {
         assert_eq!(r.buffer_len(), 0);
         drop(peer);
         assert_eq!(r.read(&mut small).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_release_request_frees_the_buffer_at_the_next_read() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let mut r = AdaptiveRead::new(ours, 64 * 1024);
+        let release = r.release_request();
+        let mut small = [0u8; 512];
+        // A request while nothing is buffered changes nothing.
+        release.request();
+        peer.write_all(b"first").await.unwrap();
+        assert_eq!(r.read(&mut small).await.unwrap(), 5);
+        assert_eq!(r.buffer_len(), 0);
+
+        peer.write_all(&[7u8; 100_000]).await.unwrap();
+        let mut total = 0;
+        while total < 100_000 {
+            total += r.read(&mut small).await.unwrap();
+        }
+        assert!(r.buffer_len() > 0);
+        // One small read (a heartbeat) only halves the next read's size: the buffer stays.
+        peer.write_all(b"h").await.unwrap();
+        assert_eq!(r.read(&mut small).await.unwrap(), 1);
+        assert!(r.buffer_len() > 0);
+        // Asked for (after that heartbeat): freed before the next read waits for data.
+        release.request();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut out = ReadBuf::new(&mut small);
+        assert!(Pin::new(&mut r).poll_read(&mut cx, &mut out).is_pending());
+        assert_eq!(r.buffer_len(), 0);
+        // Reads go direct again; the request was used up.
+        peer.write_all(b"after").await.unwrap();
+        assert_eq!(r.read(&mut small).await.unwrap(), 5);
+        assert_eq!(r.buffer_len(), 0);
+
+        // Data still unread is never dropped: the request then frees nothing.
+        peer.write_all(&[8u8; 100_000]).await.unwrap();
+        let mut total = 0;
+        while total < 50_000 {
+            total += r.read(&mut small).await.unwrap();
+        }
+        release.request();
+        while total < 100_000 {
+            let n = r.read(&mut small).await.unwrap();
+            assert!(small[..n].iter().all(|b| *b == 8));
+            total += n;
+        }
+        assert_eq!(total, 100_000);
     }
 
     #[tokio::test]

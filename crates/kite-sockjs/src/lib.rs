@@ -10,5 +10,6 @@ mod frames;
 mod queue;
 pub mod server;
 pub mod session;
+mod ws_failure;
 
 pub use session::{Role, Session, SessionInfo, SessionReceiver, SessionSender, Transport};

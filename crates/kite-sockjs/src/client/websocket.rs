@@ -12,15 +12,17 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::net::{connect_stream, MaybeTlsStream, Target};
 use super::{session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
-use crate::adaptive_read::AdaptiveRead;
+use crate::adaptive_read::{AdaptiveRead, ReleaseRequest};
 use crate::frames::encode_frames;
 use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
+use crate::ws_failure::WsFailure;
 
 type Ws = WebSocketStream<AdaptiveRead<MaybeTlsStream>>;
 
 /// tungstenite's read buffer: the most one socket read takes in while responses are small
 /// (tungstenite zero-fills this much before every read, so it is kept small); bursts are
-/// read through [`AdaptiveRead`]'s buffer instead, up to [`READ_BUFFER_MAX`] at a time.
+/// read through [`AdaptiveRead`]'s buffer instead, up to [`READ_BUFFER_MAX`] at a time,
+/// which is given back at the next server heartbeat (`h` frame) after the burst.
 const READ_BUFFER: usize = 512;
 /// The most [`AdaptiveRead`] reads at once.
 const READ_BUFFER_MAX: usize = 64 * 1024;
@@ -75,13 +77,14 @@ pub(super) async fn connect(
     let handshake = async {
         let stream = connect_stream(target, config.tls.as_ref()).await?;
         let peer = stream.peer_addr();
-        let stream = AdaptiveRead::new(stream, READ_BUFFER_MAX);
+        let mut stream = AdaptiveRead::new(stream, READ_BUFFER_MAX);
+        let release = stream.release_request();
         match tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await {
             Ok((ws, response)) => {
                 config
                     .cookies
                     .store_response_headers(&target.host, &path, response.headers());
-                Ok((ws, peer))
+                Ok((ws, peer, release))
             }
             Err(tungstenite::Error::Http(response)) => {
                 config
@@ -94,7 +97,7 @@ pub(super) async fn connect(
             Err(e) => Err(ConnectError::WebSocket(Box::new(e))),
         }
     };
-    let (ws, peer) = tokio::time::timeout(config.handshake_timeout, handshake)
+    let (ws, peer, release) = tokio::time::timeout(config.handshake_timeout, handshake)
         .await
         .map_err(|_| ConnectError::Timeout {
             stage: "WebSocket handshake",
@@ -104,30 +107,62 @@ pub(super) async fn connect(
     let info = SessionInfo::new(session_id, Transport::WebSocket, Role::Dialed, peer);
     let (session, side) = Session::pair(info, config.outgoing_queue, config.incoming_queue);
     let inbound = side.deliverer();
-    tokio::spawn(run(ws, side, inbound, config.max_batch_bytes));
+    tokio::spawn(run(ws, side, inbound, config.max_batch_bytes, release));
     Ok(session)
+}
+
+/// Why the session's I/O stopped.
+enum Ended {
+    /// The session ends: the connection is closed with a closing handshake.
+    Close(String),
+    /// The connection is gone (the server vanished without a closing handshake, a reset,
+    /// an I/O error, or the handshake is already complete): nothing more is sent on it.
+    Lost(String),
+}
+
+impl Ended {
+    /// After a WebSocket error: lost if the connection is, else closed.
+    fn on_error(what: &str, e: &tungstenite::Error) -> Ended {
+        match WsFailure::of(e) {
+            WsFailure::PeerGone => Ended::Lost(format!("connection lost ({what}): {e}")),
+            WsFailure::Violation(..) => Ended::Close(format!("{what}: {e}")),
+        }
+    }
 }
 
 /// The session's I/O: reading and writing run side by side; when either ends, both halves
 /// of the session are closed and the connection ends with a WebSocket closing handshake
 /// (close frame 1000 sent, the server's close awaited; bounded by [`CLOSE_TIMEOUT`]), so
-/// the server sees a clean close whichever side ended first.
-async fn run(ws: Ws, outbound: TransportSide, inbound: Deliverer, max_batch_bytes: usize) {
+/// the server sees a clean close whichever side ended first — unless the connection is
+/// already gone ([`Ended::Lost`]).
+async fn run(
+    ws: Ws,
+    outbound: TransportSide,
+    inbound: Deliverer,
+    max_batch_bytes: usize,
+    release: ReleaseRequest,
+) {
     let id = outbound.info().id().to_string();
     let (mut sink, mut stream) = ws.split();
     // Messages received and not yet matched by as many sent (see `write_loop`).
     let pending = AtomicUsize::new(0);
     let mut outbound = outbound;
-    let why = tokio::select! {
-        why = read_loop(&mut stream, &inbound, &pending) => why,
-        why = write_loop(&mut sink, &mut outbound, max_batch_bytes, &pending) => why,
+    let ended = tokio::select! {
+        ended = read_loop(&mut stream, &inbound, &pending, &release) => ended,
+        ended = write_loop(&mut sink, &mut outbound, max_batch_bytes, &pending) => ended,
     };
     // The session ends for its user now, not after the goodbye.
     drop(outbound);
     drop(inbound);
+    let (why, handshake) = match ended {
+        Ended::Close(why) => (why, true),
+        Ended::Lost(why) => (why, false),
+    };
     tracing::debug!(session = %id, transport = "websocket", "SockJS client session ended: {why}");
-    if let Ok(ws) = stream.reunite(sink) {
-        close_handshake(ws).await;
+    if handshake {
+        if let Ok(ws) = stream.reunite(sink) {
+            close_handshake(ws).await;
+        }
     }
 }
 
@@ -153,41 +188,49 @@ async fn read_loop(
     stream: &mut futures_util::stream::SplitStream<Ws>,
     inbound: &Deliverer,
     pending: &AtomicUsize,
-) -> String {
+    release: &ReleaseRequest,
+) -> Ended {
+    let close = |why: &str| Ended::Close(why.to_string());
     loop {
         let message = tokio::select! {
             m = stream.next() => m,
-            _ = inbound.receiver_closed() => return "the receiver was dropped".into(),
+            _ = inbound.receiver_closed() => return close("the receiver was dropped"),
         };
         let text = match message {
-            None => return "the server closed the connection".into(),
-            Some(Err(e)) => return format!("read error: {e}"),
+            // The closing handshake is complete and the connection closed.
+            None => return Ended::Lost("the server closed the connection".into()),
+            Some(Err(e)) => return Ended::on_error("read error", &e),
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
-                return format!("the server sent a WebSocket close frame {frame:?}")
+                return Ended::Close(format!("the server sent a WebSocket close frame {frame:?}"))
             }
             Some(Ok(Message::Binary(_))) => {
-                return "protocol error: the server sent a binary frame".into()
+                return close("protocol error: the server sent a binary frame")
             }
             Some(Ok(_)) => continue, // ping / pong: handled by tungstenite
         };
         match decode_server_frame(text.as_str()) {
-            Ok(ServerFrame::Open) | Ok(ServerFrame::Heartbeat) => {}
+            Ok(ServerFrame::Open) => {}
+            Ok(ServerFrame::Heartbeat) => {
+                // Like the server on its heartbeat: a burst's read buffer is given back
+                // now rather than over the next small reads (one per heartbeat).
+                release.request();
+            }
             Ok(ServerFrame::Messages(messages)) => {
                 // One at a time (not all at once): the user's task starts on the first
                 // while the rest are delivered, and the count tells the writer at once.
                 for message in messages {
                     if inbound.deliver(message).await.is_err() {
-                        return "the receiver was dropped".into();
+                        return close("the receiver was dropped");
                     }
                     pending.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(ServerFrame::Close { code, reason }) => {
-                return format!("the server closed the session: {code} {reason:?}")
+                return Ended::Close(format!("the server closed the session: {code} {reason:?}"))
             }
-            Ok(ServerFrame::Empty) => return "the server sent an empty frame".into(),
-            Err(e) => return format!("protocol error: {e}"),
+            Ok(ServerFrame::Empty) => return close("the server sent an empty frame"),
+            Err(e) => return Ended::Close(format!("protocol error: {e}")),
         }
     }
 }
@@ -197,7 +240,7 @@ async fn write_loop(
     outbound: &mut TransportSide,
     max_batch_bytes: usize,
     pending: &AtomicUsize,
-) -> String {
+) -> Ended {
     let mut batch = Vec::with_capacity(16);
     let mut frames = Vec::with_capacity(1);
     // Where frames are encoded; kept while batches hold several messages.
@@ -220,11 +263,11 @@ async fn write_loop(
             || encode_frames(&mut batch, b"", &mut buf, &mut frames, max_batch_bytes).is_some();
         for frame in frames.drain(..) {
             if let Err(e) = sink.feed(Message::Text(frame)).await {
-                return format!("write error: {e}");
+                return Ended::on_error("write error", &e);
             }
         }
         if let Err(e) = sink.flush().await {
-            return format!("write error: {e}");
+            return Ended::on_error("write error", &e);
         }
         if sent <= 1 {
             // Not busy: don't hold the frame buffer.
@@ -232,11 +275,11 @@ async fn write_loop(
         }
         if close {
             // `run` says goodbye with the closing handshake.
-            return if more {
+            return Ended::Close(if more {
                 "closed by the user".into()
             } else {
                 "every sender was dropped".into()
-            };
+            });
         }
     }
 }

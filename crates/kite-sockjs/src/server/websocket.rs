@@ -22,7 +22,6 @@ use hyper_util::rt::TokioIo;
 use kite_protocol::sockjs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -35,6 +34,7 @@ use crate::frames::encode_frames;
 use crate::session::{
     Outbound, ReceiverGone, Role, Session, SessionInfo, Transport, TransportSide,
 };
+use crate::ws_failure::WsFailure;
 
 /// How long a closing handshake may take before the connection is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -243,8 +243,12 @@ fn upgrade(shared: Arc<Shared>, mut req: Request, id: Arc<str>, sockjs: bool) ->
 /// What the socket yielded.
 enum Recv<T> {
     Text(T),
-    /// The peer closed or the connection broke.
+    /// The peer closed the connection (its close frame, or the end of a closing handshake):
+    /// what is pending (the reply to its close) is still flushed.
     Closed,
+    /// The connection is gone: dropped without a closing handshake, reset, or failed.
+    /// Nothing more is written to it.
+    Gone,
     /// The peer broke the protocol: close with this WebSocket code and reason.
     Fail(u16, &'static str),
 }
@@ -290,10 +294,15 @@ impl FrameIo for Hybi {
                 }
                 Some(Ok(Message::Close(_))) => return Recv::Closed,
                 Some(Ok(_)) => continue,
-                Some(Err(WsError::Capacity(_))) => return Recv::Fail(1009, "Message too big."),
-                Some(Err(WsError::Utf8(_))) => return Recv::Fail(1007, "Invalid UTF-8."),
-                Some(Err(WsError::Protocol(_))) => return Recv::Fail(1002, "Protocol error."),
-                Some(Err(_)) => return Recv::Closed,
+                Some(Err(e)) => {
+                    return match WsFailure::of(&e) {
+                        WsFailure::PeerGone => {
+                            tracing::debug!(error = %e, "sockjs: WebSocket peer went away");
+                            Recv::Gone
+                        }
+                        WsFailure::Violation(code, reason) => Recv::Fail(code, reason),
+                    }
+                }
             }
         }
     }
@@ -400,7 +409,15 @@ impl FrameIo for Hixie {
                 self.buf.reserve(2048);
             }
             match self.io.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Recv::Closed,
+                // The end of the stream without the closing frame: the peer went away.
+                Ok(0) => {
+                    tracing::debug!("sockjs: hixie-76 WebSocket peer went away");
+                    return Recv::Gone;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "sockjs: hixie-76 WebSocket peer went away");
+                    return Recv::Gone;
+                }
                 Ok(_) => {}
             }
         }
@@ -438,8 +455,10 @@ impl FrameIo for Hixie {
 enum End {
     /// The session closes: `c[code,reason]` (SockJS) and a close handshake.
     Close(u32, String),
-    /// The peer went away (or stopped reading).
+    /// The peer closed, or stopped reading: flush what is pending (the reply to its close).
     Gone,
+    /// The connection is dead: nothing more is written.
+    Lost,
     /// The peer broke the protocol.
     Fail(u16, &'static str),
     /// The user dropped the receiving half: flush what is queued, then close with 3000.
@@ -580,6 +599,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                         }
                     }
                     Recv::Closed => break End::Gone,
+                    Recv::Gone => break End::Lost,
                     Recv::Fail(code, reason) => {
                         tracing::warn!(code, reason, "sockjs: bad WebSocket input, closing the session");
                         break End::Fail(code, reason);
@@ -634,6 +654,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
             drop(side);
             io.flush().await;
         }
+        End::Lost => drop(side),
         End::Close(code, reason) => {
             drop(side);
             if p.sockjs {
