@@ -145,6 +145,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips JSON whitespace.
+    #[inline(always)]
     fn ws(&mut self) {
         let b = self.bytes();
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(self.i) {
@@ -184,6 +185,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string without escapes or control characters (the opening quote is next).
+    #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         self.ws();
         let b = self.bytes();
