@@ -97,8 +97,9 @@ struct LastCaller {
     /// `kite` with the username authentication gave.
     authenticated: Option<Arc<KiteIdentity>>,
     auth: Option<Arc<Auth>>,
-    /// The last successful authentication, reused while it holds.
-    reuse: Option<Reuse>,
+    /// The last successful authentication, reused while it holds (boxed: one pointer in
+    /// every connection, allocated once per credential).
+    reuse: Option<Box<Reuse>>,
 }
 
 /// A success of the authenticator in force that it allowed to reuse
@@ -902,13 +903,15 @@ impl ConnShared {
             ..
         } = &mut *last;
         let caller = authenticated_caller(kite, authenticated, caller, &username);
-        *reuse = validity.map(|validity| Reuse {
-            auth: auth.clone(),
-            username: username.into_boxed_str(),
-            authenticator,
-            epoch,
-            core_epoch,
-            validity,
+        *reuse = validity.map(|validity| {
+            Box::new(Reuse {
+                auth: auth.clone(),
+                username: username.into_boxed_str(),
+                authenticator,
+                epoch,
+                core_epoch,
+                validity,
+            })
         });
         Ok(caller)
     }
