@@ -14,7 +14,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -25,9 +25,10 @@ use tower::{Service, ServiceExt};
 use tracing::{debug, warn};
 
 use crate::args::{to_arguments, Args, Response};
+use crate::auth::Validity;
 use crate::callback::Function;
 use crate::error::KiteError;
-use crate::handler::{with_reply_scope, MethodEntry};
+use crate::handler::{with_reply_scope, Authenticate, MethodEntry};
 use crate::kite::Core;
 use crate::protocol::Kite as KiteIdentity;
 use crate::request::{Auth, Request, RequestInner};
@@ -96,6 +97,54 @@ struct LastCaller {
     /// `kite` with the username authentication gave.
     authenticated: Option<Arc<KiteIdentity>>,
     auth: Option<Arc<Auth>>,
+    /// The last successful authentication, reused while it holds (boxed: one pointer in
+    /// every connection, allocated once per credential).
+    reuse: Option<Box<Reuse>>,
+}
+
+/// A success of the authenticator in force that it allowed to reuse
+/// ([`Authenticate::reuse_for`]): later requests with the same credential skip the
+/// authenticator while nothing it depends on changed and its window holds.
+struct Reuse {
+    /// The credential, by pointer identity: the `Arc` that [`ConnShared::own_request`]
+    /// hands out while the peer keeps sending the same one (held here, so the address
+    /// cannot be reused by another credential).
+    auth: Arc<Auth>,
+    username: Box<str>,
+    /// Who verified it, and its [`Authenticate::epoch`] before it did.
+    authenticator: Arc<dyn Authenticate>,
+    epoch: u64,
+    /// [`Core::auth_epoch`] before the verification (authenticator and local identity).
+    core_epoch: u64,
+    validity: Validity,
+}
+
+/// `caller` with `username` (the authenticated one); the result for the peer's last claimed
+/// identity (`kite`) is kept in `authenticated` and reused across requests.
+fn authenticated_caller(
+    kite: &Option<Arc<KiteIdentity>>,
+    authenticated: &mut Option<Arc<KiteIdentity>>,
+    caller: &Arc<KiteIdentity>,
+    username: &str,
+) -> Arc<KiteIdentity> {
+    if caller.username == username {
+        return caller.clone();
+    }
+    let same_claim = kite.as_ref().is_some_and(|k| Arc::ptr_eq(k, caller));
+    if same_claim {
+        if let Some(a) = authenticated {
+            if a.username == username {
+                return a.clone();
+            }
+        }
+    }
+    let mut k = (**caller).clone();
+    k.username = username.to_owned();
+    let k = Arc::new(k);
+    if same_claim {
+        *authenticated = Some(k.clone());
+    }
+    k
 }
 
 /// A request decoded and owned, ready to be served.
@@ -799,31 +848,72 @@ impl ConnShared {
         }
     }
 
-    /// `caller` with `username` (the authenticated one), reused across requests.
-    fn authenticated_caller(
+    /// The authenticated caller, if the connection's last successful authentication was of
+    /// this very credential and may still be reused: same authenticator and local identity
+    /// (`Core::auth_epoch`), the authenticator's epoch unchanged, its window holding now.
+    fn reused_authentication(
         &self,
-        caller: Arc<KiteIdentity>,
-        username: String,
-    ) -> Arc<KiteIdentity> {
-        if caller.username == username {
-            return caller;
-        }
+        auth: &Arc<Auth>,
+        caller: &Arc<KiteIdentity>,
+    ) -> Option<Arc<KiteIdentity>> {
         let mut last = lock(&self.last_caller);
-        let same_claim = last.kite.as_ref().is_some_and(|k| Arc::ptr_eq(k, &caller));
-        if same_claim {
-            if let Some(a) = &last.authenticated {
-                if a.username == username {
-                    return a.clone();
-                }
+        let LastCaller {
+            kite,
+            authenticated,
+            reuse,
+            ..
+        } = &mut *last;
+        let reuse = reuse.as_ref()?;
+        let holds = Arc::ptr_eq(&reuse.auth, auth)
+            && reuse.core_epoch == self.core.auth_epoch()
+            && reuse.epoch == reuse.authenticator.epoch()
+            && reuse.validity.holds_at(SystemTime::now());
+        holds.then(|| authenticated_caller(kite, authenticated, caller, &reuse.username))
+    }
+
+    /// Authenticates `auth` with the authenticator in force; remembers the success for
+    /// [`Self::reused_authentication`] if the authenticator allows it.
+    async fn authenticate(
+        &self,
+        auth: &Arc<Auth>,
+        caller: &Arc<KiteIdentity>,
+    ) -> Result<Arc<KiteIdentity>, KiteError> {
+        // Epochs first: whatever changes after this point invalidates the result's reuse.
+        let core_epoch = self.core.auth_epoch();
+        let authenticator = self.core.authenticator();
+        let epoch = authenticator.epoch();
+        let ident = self.core.cached_identity();
+        let result = authenticator.authenticate(auth, &ident.kite).await;
+        let validity = match &result {
+            Ok(_) => authenticator.reuse_for(auth, &ident.kite),
+            Err(_) => None,
+        };
+        let mut last = lock(&self.last_caller);
+        let username = match result {
+            Ok(username) => username,
+            Err(e) => {
+                last.reuse = None;
+                return Err(e);
             }
-        }
-        let mut k = (*caller).clone();
-        k.username = username;
-        let k = Arc::new(k);
-        if same_claim {
-            last.authenticated = Some(k.clone());
-        }
-        k
+        };
+        let LastCaller {
+            kite,
+            authenticated,
+            reuse,
+            ..
+        } = &mut *last;
+        let caller = authenticated_caller(kite, authenticated, caller, &username);
+        *reuse = validity.map(|validity| {
+            Box::new(Reuse {
+                auth: auth.clone(),
+                username: username.into_boxed_str(),
+                authenticator,
+                epoch,
+                core_epoch,
+                validity,
+            })
+        });
+        Ok(caller)
     }
 
     /// Sends the response to the caller's callback `callback`.
@@ -997,14 +1087,13 @@ fn serve_request(
                 None => Err(KiteError::authentication(
                     "No authentication information is provided",
                 )),
-                Some(a) => {
-                    conn.core
-                        .authenticate(a, &conn.core.cached_identity().kite)
-                        .await
-                }
+                Some(a) => match conn.reused_authentication(a, &caller) {
+                    Some(authenticated) => Ok(authenticated),
+                    None => conn.authenticate(a, &caller).await,
+                },
             };
             match result {
-                Ok(username) => caller = conn.authenticated_caller(caller, username),
+                Ok(authenticated) => caller = authenticated,
                 Err(e) => {
                     if let Some(rc) = rc {
                         conn.reply(rc, Err(e.with_id(id.as_str())), Vec::new())

@@ -314,6 +314,11 @@ pub type AuthFuture<'a> =
 /// verifiers, extra verifiers registered by type with
 /// [`Kite::authenticator`](crate::Kite::authenticator)); replace it with
 /// [`Kite::set_authenticator`](crate::Kite::set_authenticator).
+///
+/// Every request that needs authentication calls [`authenticate`](Self::authenticate),
+/// unless the implementation opts in to reuse with [`reuse_for`](Self::reuse_for): a
+/// connection then remembers its last success and skips the authenticator for later
+/// requests with the same credential while the success holds.
 pub trait Authenticate: Send + Sync + 'static {
     /// Verifies `auth` for a request to the kite `local`. The error is sent to the caller as
     /// is (normally `authenticationError` with message `<type>: <reason>`).
@@ -322,6 +327,30 @@ pub trait Authenticate: Send + Sync + 'static {
         auth: &'a crate::request::Auth,
         local: &'a KiteIdentity,
     ) -> AuthFuture<'a>;
+
+    /// Called right after [`authenticate`](Self::authenticate) succeeded for `auth` and
+    /// `local`: until when that success may be reused for the same credential on the same
+    /// connection, to the same local identity, without calling `authenticate` again. Only
+    /// return a window in which `authenticate` would certainly succeed again with the same
+    /// username, as long as [`epoch`](Self::epoch) returns the value it returned before
+    /// that call. The default, `None`, reuses nothing: every request is authenticated.
+    fn reuse_for(
+        &self,
+        auth: &crate::request::Auth,
+        local: &KiteIdentity,
+    ) -> Option<crate::auth::Validity> {
+        let _ = (auth, local);
+        None
+    }
+
+    /// A number that must change whenever a window returned by
+    /// [`reuse_for`](Self::reuse_for) may no longer hold (keys, trusted issuers, verifiers
+    /// or revocations changed). Read before each `authenticate` whose success may be
+    /// reused, and compared before every reuse. Only consulted when `reuse_for` returns a
+    /// window; the default is a constant.
+    fn epoch(&self) -> u64 {
+        0
+    }
 }
 
 impl Authenticate for crate::auth::Authenticator {
@@ -336,6 +365,21 @@ impl Authenticate for crate::auth::Authenticator {
                 .map(|a| a.username)
                 .map_err(|e| KiteError::new(e.error_type(), e.to_string()))
         })
+    }
+
+    /// The window in which a verification cache hit would succeed
+    /// ([`Authenticator::validity`](crate::auth::Authenticator::validity)); the audience
+    /// was checked against `local` by the `authenticate` call this follows.
+    fn reuse_for(
+        &self,
+        auth: &crate::request::Auth,
+        _local: &KiteIdentity,
+    ) -> Option<crate::auth::Validity> {
+        self.validity(&auth.kind, &auth.key)
+    }
+
+    fn epoch(&self) -> u64 {
+        crate::auth::Authenticator::epoch(self)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::handler::{
     PostHandler, PreHandler,
 };
 use crate::protocol::Kite as KiteIdentity;
-use crate::request::{Auth, Request};
+use crate::request::Request;
 use crate::settings::Limits;
 use crate::Config;
 use kite_sockjs::session::Session;
@@ -94,6 +94,9 @@ pub(crate) struct Core {
     conn_hooks: RwLock<Arc<ConnHooks>>,
     authenticator: RwLock<Option<Arc<dyn Authenticate>>>,
     default_auth: Arc<crate::auth::Authenticator>,
+    /// Moves on when the authenticator in force or the local identity changes: a
+    /// connection reuses an earlier authentication only while this keeps its value.
+    auth_epoch: AtomicU64,
     /// Accepted connections, for graceful shutdown.
     accepted: Mutex<HashMap<usize, Weak<ConnShared>>>,
     pub(crate) heartbeat: Mutex<Option<tokio::task::AbortHandle>>,
@@ -152,7 +155,12 @@ impl Core {
             CachedIdentity::new(&config, &self.name, &self.version, &self.hostname, &self.id);
         // Config first, then identity: both under their own locks, never held together.
         *write(&self.config) = config;
-        *write(&self.ident) = Arc::new(ident);
+        let mut current = write(&self.ident);
+        if current.kite != ident.kite {
+            *current = Arc::new(ident);
+            // After the new identity is in place (see `auth_epoch`).
+            self.auth_epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// The built-in authenticator.
@@ -175,15 +183,20 @@ impl Core {
         read(&self.hooks)
     }
 
-    pub(crate) async fn authenticate(
-        &self,
-        auth: &Auth,
-        local: &KiteIdentity,
-    ) -> Result<String, KiteError> {
+    /// The authenticator in force: the one set with [`Kite::set_authenticator`], else the
+    /// built-in one.
+    pub(crate) fn authenticator(&self) -> Arc<dyn Authenticate> {
         match read(&self.authenticator) {
-            Some(a) => a.authenticate(auth, local).await,
-            None => Authenticate::authenticate(&*self.default_auth, auth, local).await,
+            Some(a) => a,
+            None => self.default_auth.clone(),
         }
+    }
+
+    /// Changes whenever the authenticator in force or the local identity changes. Read it
+    /// before [`Core::authenticator`] and [`Core::cached_identity`]: both are replaced
+    /// before it moves on.
+    pub(crate) fn auth_epoch(&self) -> u64 {
+        self.auth_epoch.load(Ordering::Acquire)
     }
 
     pub(crate) fn connection_opened(&self, conn: &Arc<ConnShared>) {
@@ -301,6 +314,7 @@ impl Kite {
             conn_hooks: RwLock::new(Arc::new(ConnHooks::default())),
             authenticator: RwLock::new(None),
             default_auth: Arc::new(default_authenticator(&config)),
+            auth_epoch: AtomicU64::new(0),
             accepted: Mutex::new(HashMap::new()),
             heartbeat: Mutex::new(None),
             url: RwLock::new(None),
@@ -499,6 +513,8 @@ impl Kite {
     /// Replaces the authenticator deciding `kiteKey`/`token`/other credentials.
     pub fn set_authenticator(&self, a: impl Authenticate) {
         *write(&self.core.authenticator) = Some(Arc::new(a));
+        // After the new one is in place (see `Core::auth_epoch`).
+        self.core.auth_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Serves a session accepted by some transport (e.g. a tunnel): requests on it are

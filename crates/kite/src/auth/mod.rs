@@ -62,7 +62,7 @@ pub use keys::{
 };
 pub use verify::{
     trust_fn, verifier_fn, verify_audience, AudienceCheck, AuthSettings, Authenticated,
-    Authenticator, BoxFuture, CacheStats, CredentialVerifier, KontrolKeyTrust,
+    Authenticator, BoxFuture, CacheStats, CredentialVerifier, KontrolKeyTrust, Validity,
     DEFAULT_CACHE_CAPACITY, DEFAULT_CLOCK_SKEW, DEFAULT_VERIFY_TTL, MAX_CLOCK_SKEW,
 };
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -227,6 +227,72 @@ pub struct Authenticated {
     pub username: String,
 }
 
+/// When a successful verification may be reused without verifying again: a window of
+/// time, inclusive at both ends (see [`crate::Authenticate::reuse_for`]).
+///
+/// Bounds are either whole Unix seconds compared with the floor of the clock (the rule of
+/// the JWT time claims, so a reused token expires exactly when verifying it again would
+/// fail) or instants.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use kite::auth::Validity;
+/// let t = |s| UNIX_EPOCH + Duration::from_secs(s);
+/// let v = Validity::between(Some(t(10)), Some(t(20)));
+/// assert!(!v.holds_at(t(9)) && v.holds_at(t(10)) && v.holds_at(t(20)));
+/// assert!(!v.holds_at(t(20) + Duration::from_nanos(1)));
+/// assert!(Validity::ALWAYS.holds_at(t(0)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    from_secs: Option<i64>,
+    until_secs: Option<i64>,
+    from: Option<SystemTime>,
+    until: Option<SystemTime>,
+}
+
+impl Validity {
+    /// No time bound (reusable until the authenticator's epoch changes).
+    pub const ALWAYS: Validity = Validity {
+        from_secs: None,
+        until_secs: None,
+        from: None,
+        until: None,
+    };
+
+    /// From `from` to `until`, both inclusive; `None` leaves that side open.
+    pub fn between(from: Option<SystemTime>, until: Option<SystemTime>) -> Validity {
+        Validity {
+            from,
+            until,
+            ..Validity::ALWAYS
+        }
+    }
+
+    /// Whether the verification still holds at `now`.
+    pub fn holds_at(&self, now: SystemTime) -> bool {
+        if self.from.is_some_and(|from| now < from) || self.until.is_some_and(|until| now > until) {
+            return false;
+        }
+        if self.from_secs.is_none() && self.until_secs.is_none() {
+            return true;
+        }
+        let now_s = unix_seconds(now);
+        self.from_secs.is_none_or(|from| now_s >= from)
+            && self.until_secs.is_none_or(|until| now_s <= until)
+    }
+
+    /// The window of the JWT time claims as [`Authenticator`] checks them: `exp` + skew,
+    /// `iat`/`nbf` − skew (same arithmetic as its cache hits).
+    fn of_claims(exp: Option<i64>, not_before: Option<i64>, skew_secs: i64) -> Validity {
+        Validity {
+            from_secs: not_before.map(|nb| nb.saturating_sub(skew_secs)),
+            until_secs: exp.map(|exp| exp.saturating_add(skew_secs)),
+            ..Validity::ALWAYS
+        }
+    }
+}
+
 /// The Kontrol settings in force, swapped as a whole.
 struct KontrolState {
     user: String,
@@ -275,6 +341,9 @@ struct TrustEntry {
 /// user empties the caches.
 pub struct Authenticator {
     kontrol: RwLock<Arc<KontrolState>>,
+    /// Moves on whenever an earlier success may no longer hold: Kontrol key or user
+    /// changed, caches cleared, a verifier registered or removed ([`Self::epoch`]).
+    epoch: AtomicU64,
     verifiers: RwLock<HashMap<String, Registered>>,
     /// Fast path: `token` / `kiteKey` still map to the built-ins (no registry lookup).
     builtin_token: AtomicBool,
@@ -316,6 +385,7 @@ impl Authenticator {
                 key,
                 generation: 0,
             })),
+            epoch: AtomicU64::new(0),
             verifiers: RwLock::new(verifiers),
             builtin_token: AtomicBool::new(true),
             builtin_kite_key: AtomicBool::new(true),
@@ -358,6 +428,7 @@ impl Authenticator {
             .unwrap_or_else(PoisonError::into_inner);
         self.builtin_flag(&auth_type, false);
         verifiers.insert(auth_type, Registered::Custom(verifier));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Removes the verifier for `auth_type` (built-ins included); later credentials of that
@@ -369,6 +440,7 @@ impl Authenticator {
             .unwrap_or_else(PoisonError::into_inner);
         self.builtin_flag(auth_type, false);
         verifiers.remove(auth_type);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     fn builtin_flag(&self, auth_type: &str, value: bool) {
@@ -432,6 +504,41 @@ impl Authenticator {
         self.tokens.reset(generation);
         self.kite_keys.reset(generation);
         self.trusted.reset(generation);
+        // After the new state is in place: whoever reads the new epoch verifies with it.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A counter that moves on whenever a success returned earlier may no longer hold: the
+    /// Kontrol key or user changed, the caches were cleared, or a verifier was registered
+    /// or removed. A success reused under [`Self::validity`] is valid only while this is the
+    /// value read before the verification began.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// How long a success of [`authenticate`](Self::authenticate) for this credential may
+    /// be reused for the same local kite, as long as [`epoch`](Self::epoch) keeps the
+    /// value it had before that verification: the window in which a verification cache hit
+    /// would give the same answer. Call it right after a success.
+    ///
+    /// `None` when that is not known: the type is not verified by a built-in verifier, the
+    /// success is not cached (caching disabled, or evicted), or a custom audience rule is
+    /// set (it is re-run on every request, as it may depend on more than the audience).
+    pub fn validity(&self, auth_type: &str, key: &str) -> Option<Validity> {
+        match auth_type {
+            TOKEN if self.builtin_token.load(Ordering::Acquire) && self.audience.is_none() => {
+                self.tokens.with(key, |e| {
+                    Validity::of_claims(e.exp, e.not_before, self.skew_secs)
+                })
+            }
+            KITE_KEY if self.builtin_kite_key.load(Ordering::Acquire) => {
+                self.kite_keys.with(key, |e| Validity {
+                    until: e.until,
+                    ..Validity::of_claims(e.exp, e.not_before, self.skew_secs)
+                })
+            }
+            _ => None,
+        }
     }
 
     fn state(&self) -> Arc<KontrolState> {
