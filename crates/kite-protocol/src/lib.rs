@@ -69,6 +69,8 @@ pub mod error;
 pub mod identity;
 pub mod incoming;
 pub mod sockjs;
+#[cfg(test)]
+mod test_rng;
 pub mod version;
 
 pub use dnode::{CallbackTable, Callbacks, DecodeError, Limits, Message, Method};

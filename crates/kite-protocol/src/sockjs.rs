@@ -915,20 +915,7 @@ mod tests {
         assert_eq!(out, r#"["{\"a\":1}","b"]"#);
     }
 
-    /// Deterministic pseudo-random numbers (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u32) -> u32 {
-            (self.next() >> 32) as u32 % n
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// A random string mixing plain ASCII runs with every character class the escaping
     /// rules distinguish.

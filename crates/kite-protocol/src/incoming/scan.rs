@@ -484,35 +484,35 @@ mod tests {
     use super::super::{decode_general, Incoming};
     use super::*;
 
-    /// Deterministic pseudo-random numbers (xorshift64*).
-    struct Rng(u64);
+    use crate::test_rng::Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
+    /// Index-sized draws from the shared generator.
+    trait Pick {
+        fn upto(&mut self, n: usize) -> usize;
+        fn pick<'t>(&mut self, items: &[&'t str]) -> &'t str;
+    }
+
+    impl Pick for Rng {
+        /// A number below `n` (not zero).
+        fn upto(&mut self, n: usize) -> usize {
             (self.next() >> 33) as usize % n
         }
         fn pick<'t>(&mut self, items: &[&'t str]) -> &'t str {
-            items[self.below(items.len())]
+            items[self.upto(items.len())]
         }
     }
 
     /// JSON whitespace, mostly none.
     fn ws(rng: &mut Rng) -> &'static str {
-        ["", "", "", " ", "\n ", "\t", "\r\n"][rng.below(7)]
+        ["", "", "", " ", "\n ", "\t", "\r\n"][rng.upto(7)]
     }
 
     /// A JSON string literal: mostly plain, sometimes escaped, long or non-ASCII.
     fn string(rng: &mut Rng) -> String {
-        match rng.below(60) {
+        match rng.upto(60) {
             0 => r#""a\"b""#.to_string(),
             1 => r#""\u00e9t\u00e9""#.to_string(),
-            2..=9 => format!("\"{}\"", "tok.EN-_".repeat(1 + rng.below(40))),
+            2..=9 => format!("\"{}\"", "tok.EN-_".repeat(1 + rng.upto(40))),
             10..=14 => "\"é€ \"".to_string(),
             15..=19 => "\"\"".to_string(),
             _ => format!(
@@ -524,7 +524,7 @@ mod tests {
 
     /// Any JSON value, up to `depth` levels of nesting.
     fn value(rng: &mut Rng, depth: usize) -> String {
-        match rng.below(if depth == 0 { 6 } else { 9 }) {
+        match rng.upto(if depth == 0 { 6 } else { 9 }) {
             0 => "null".into(),
             1 => rng.pick(&["true", "false"]).into(),
             2 => rng
@@ -532,12 +532,12 @@ mod tests {
                 .into(),
             3..=5 => string(rng),
             6 | 7 => {
-                let n = rng.below(4);
+                let n = rng.upto(4);
                 let items: Vec<String> = (0..n).map(|_| value(rng, depth - 1)).collect();
                 format!("[{}{}]", items.join(&format!(",{}", ws(rng))), ws(rng))
             }
             _ => {
-                let n = rng.below(3);
+                let n = rng.upto(3);
                 let items: Vec<String> = (0..n)
                     .map(|_| format!("{}:{}{}", string(rng), ws(rng), value(rng, depth - 1)))
                     .collect();
@@ -549,7 +549,7 @@ mod tests {
     /// An object of the given members, in a random order.
     fn object(rng: &mut Rng, mut members: Vec<String>) -> String {
         for k in (1..members.len()).rev() {
-            members.swap(k, rng.below(k + 1));
+            members.swap(k, rng.upto(k + 1));
         }
         let sep = format!(",{}", ws(rng));
         format!("{{{}{}{}}}", ws(rng), members.join(&sep), ws(rng))
@@ -562,17 +562,9 @@ mod tests {
     /// A request, mostly in the usual shape, with every kind of deviation now and then.
     fn generated(rng: &mut Rng) -> String {
         let mut kite = Vec::new();
-        for field in [
-            "username",
-            "environment",
-            "name",
-            "version",
-            "region",
-            "hostname",
-            "id",
-        ] {
-            if rng.below(8) != 0 {
-                let v = if rng.below(12) == 0 {
+        for field in crate::identity::FIELD_KEYS {
+            if rng.upto(8) != 0 {
+                let v = if rng.upto(12) == 0 {
                     "null".to_string()
                 } else {
                     string(rng)
@@ -580,85 +572,85 @@ mod tests {
                 kite.push(member(field, v, rng));
             }
         }
-        if rng.below(15) == 0 {
+        if rng.upto(15) == 0 {
             kite.push(member("extra", value(rng, 1), rng));
         }
         let mut options = Vec::new();
-        if rng.below(10) != 0 {
-            let k = match rng.below(20) {
+        if rng.upto(10) != 0 {
+            let k = match rng.upto(20) {
                 0 => "null".to_string(),
                 1 => "5".to_string(),
                 _ => object(rng, kite),
             };
             options.push(member("kite", k, rng));
         }
-        if rng.below(2) == 0 {
+        if rng.upto(2) == 0 {
             let mut auth = vec![
                 member("type", string(rng), rng),
                 member("key", string(rng), rng),
             ];
-            if rng.below(10) == 0 {
+            if rng.upto(10) == 0 {
                 auth.push(member("other", value(rng, 1), rng));
             }
-            if rng.below(10) == 0 {
+            if rng.upto(10) == 0 {
                 auth.pop();
             }
-            let a = match rng.below(12) {
+            let a = match rng.upto(12) {
                 0 => "null".to_string(),
                 1 => "[]".to_string(),
                 _ => object(rng, auth),
             };
             options.push(member("authentication", a, rng));
         }
-        if rng.below(8) != 0 {
-            let w = if rng.below(3) == 0 {
+        if rng.upto(8) != 0 {
+            let w = if rng.upto(3) == 0 {
                 value(rng, 3)
             } else {
                 format!("[{}]", value(rng, 2))
             };
             options.push(member("withArgs", w, rng));
         }
-        if rng.below(3) != 0 {
-            let rc = match rng.below(6) {
+        if rng.upto(3) != 0 {
+            let rc = match rng.upto(6) {
                 0 => "7".to_string(),
                 1 => "\"[Function 12]\"".to_string(),
                 _ => "\"[Function]\"".to_string(),
             };
             options.push(member("responseCallback", rc, rng));
         }
-        if rng.below(4) == 0 {
+        if rng.upto(4) == 0 {
             let key = rng.pick(&["deadline", "traceparent"]);
             options.push(member(key, value(rng, 1), rng));
         }
-        if rng.below(30) == 0 {
+        if rng.upto(30) == 0 {
             // A repeated key: the later value wins, as in a JSON tree.
             options.push(member("withArgs", value(rng, 1), rng));
         }
         let mut top = Vec::new();
-        let method = match rng.below(25) {
+        let method = match rng.upto(25) {
             0 => "17".to_string(),
             1 => "null".to_string(),
             2 => r#""sq\u0075are""#.to_string(),
             _ => format!("\"{}\"", rng.pick(&["square", "kite.ping", "", "é"])),
         };
-        if rng.below(30) != 0 {
+        if rng.upto(30) != 0 {
             top.push(member("method", method, rng));
         }
         let opts = object(rng, options);
-        let arguments = match rng.below(30) {
+        let arguments = match rng.upto(30) {
             0 => format!("[{opts},{opts}]"),
             1 => "[]".to_string(),
             2 => "null".to_string(),
             _ => format!("[{}{opts}{}]", ws(rng), ws(rng)),
         };
         top.push(member("arguments", arguments, rng));
-        if rng.below(6) != 0 {
-            let id = if rng.below(5) == 0 {
+        if rng.upto(6) != 0 {
+            let id = if rng.upto(5) == 0 {
                 rng.pick(&["01", "x", "-1", "99999999999999999999", ""])
             } else {
                 rng.pick(&["0", "3", "12", "18446744073709551615"])
             };
-            let path = match rng.below(12) {
+            let path = match rng.upto(12) {
                 0 => r#"[0,"withArgs",0]"#,
                 1 | 5 => r#"["0","responseCallback"]"#,
                 6 => r#"["00","responseCallback"]"#,
@@ -666,25 +658,25 @@ mod tests {
                 3 => "[0]",
                 _ => r#"[0,"responseCallback"]"#,
             };
-            let callbacks = match rng.below(10) {
+            let callbacks = match rng.upto(10) {
                 0 => "{}".to_string(),
                 1 => format!(r#"{{"{id}":{path},"4":[0,"withArgs",1]}}"#),
                 _ => format!(r#"{{"{id}":{}{path}}}"#, ws(rng)),
             };
             top.push(member("callbacks", callbacks, rng));
         }
-        if rng.below(3) == 0 {
-            let links = if rng.below(10) == 0 {
+        if rng.upto(3) == 0 {
+            let links = if rng.upto(10) == 0 {
                 r#"[{"from":[0],"to":[1]}]"#
             } else {
                 "[]"
             };
             top.push(member("links", links.to_string(), rng));
         }
-        if rng.below(25) == 0 {
+        if rng.upto(25) == 0 {
             top.push(member("other", value(rng, 1), rng));
         }
-        if rng.below(40) == 0 {
+        if rng.upto(40) == 0 {
             top.push(member("method", "\"again\"".to_string(), rng));
         }
         format!("{}{}{}", ws(rng), object(rng, top), ws(rng))
@@ -725,15 +717,15 @@ mod tests {
             let chars: Vec<char> = text.chars().collect();
             for _ in 0..4 {
                 let mut m = chars.clone();
-                let at = rng.below(m.len());
-                match rng.below(3) {
+                let at = rng.upto(m.len());
+                match rng.upto(3) {
                     0 => {
                         m.remove(at);
                     }
                     1 => m.insert(at, m[at]),
                     _ => {
                         m[at] = ['{', '}', '[', ']', ',', ':', '"', '\\', '0', ' ', '\u{1}']
-                            [rng.below(11)]
+                            [rng.upto(11)]
                     }
                 }
                 let m: String = m.into_iter().collect();
@@ -742,7 +734,7 @@ mod tests {
                 }
             }
             // Truncated.
-            let cut = rng.below(text.len());
+            let cut = rng.upto(text.len());
             if let Some(t) = text.get(..cut).filter(|t| t.trim_end() != text.trim_end()) {
                 assert_eq!(scanned(t, &limits), None, "{t}");
             }
@@ -755,26 +747,26 @@ mod tests {
     /// A response, mostly in the usual shape.
     fn generated_response(rng: &mut Rng) -> String {
         let mut inner = Vec::new();
-        if rng.below(6) != 0 {
-            let e = match rng.below(8) {
+        if rng.upto(6) != 0 {
+            let e = match rng.upto(8) {
                 0 => r#"{"type":"genericError","message":"no"}"#.to_string(),
                 1 => value(rng, 2),
                 _ => "null".to_string(),
             };
             inner.push(member("error", e, rng));
         }
-        if rng.below(6) != 0 {
+        if rng.upto(6) != 0 {
             inner.push(member("result", value(rng, 3), rng));
         }
-        if rng.below(20) == 0 {
+        if rng.upto(20) == 0 {
             inner.push(member("other", value(rng, 1), rng));
         }
-        let arguments = match rng.below(20) {
+        let arguments = match rng.upto(20) {
             0 => "[]".to_string(),
             1 => format!("[{},1]", object(rng, inner)),
             _ => format!("[{}]", object(rng, inner)),
         };
-        let id = match rng.below(15) {
+        let id = match rng.upto(15) {
             0 => rng.pick(&["\"7\"", "-1", "1.5", "01", "1e2", "18446744073709551615"]),
             _ => rng.pick(&["0", "7", "123456789"]),
         };
@@ -782,15 +774,15 @@ mod tests {
             member("method", id.to_string(), rng),
             member("arguments", arguments, rng),
         ];
-        if rng.below(3) != 0 {
-            let c = if rng.below(10) == 0 {
+        if rng.upto(3) != 0 {
+            let c = if rng.upto(10) == 0 {
                 r#"{"1":[0,"result"]}"#
             } else {
                 "{}"
             };
             top.push(member("callbacks", c.to_string(), rng));
         }
-        if rng.below(4) == 0 {
+        if rng.upto(4) == 0 {
             top.push(member("links", "[]".to_string(), rng));
         }
         object(rng, top)
@@ -824,13 +816,13 @@ mod tests {
             let chars: Vec<char> = text.chars().collect();
             for _ in 0..3 {
                 let mut m = chars.clone();
-                let at = rng.below(m.len());
-                match rng.below(3) {
+                let at = rng.upto(m.len());
+                match rng.upto(3) {
                     0 => {
                         m.remove(at);
                     }
                     1 => m.insert(at, m[at]),
-                    _ => m[at] = ['{', '}', '[', ']', ',', ':', '"', '0', ' ', 'n'][rng.below(10)],
+                    _ => m[at] = ['{', '}', '[', ']', ',', ':', '"', '0', ' ', 'n'][rng.upto(10)],
                 }
                 texts.push(m.into_iter().collect());
             }
