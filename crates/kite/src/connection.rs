@@ -8,7 +8,7 @@
 //! order, as in Go (PROTOCOL.md 3.5). Outgoing messages go through the session's bounded
 //! queue in call order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -29,6 +29,7 @@ use crate::auth::Validity;
 use crate::callback::Function;
 use crate::error::KiteError;
 use crate::handler::{with_reply_scope, Authenticate, MethodEntry};
+use crate::id_hash::IdMap;
 use crate::kite::Core;
 use crate::protocol::Kite as KiteIdentity;
 use crate::request::{Auth, Request, RequestInner};
@@ -58,7 +59,7 @@ pub(crate) enum LocalCallback {
 struct Table {
     /// Next callback id (never reused on a connection).
     next_id: u64,
-    entries: HashMap<u64, LocalCallback>,
+    entries: IdMap<LocalCallback>,
     user_order: VecDeque<u64>,
     pending: usize,
 }

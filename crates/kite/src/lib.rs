@@ -49,6 +49,7 @@ pub mod connection;
 pub mod default_methods;
 pub mod error;
 pub mod handler;
+mod id_hash;
 mod kite;
 pub mod kitekey;
 pub mod kontrol_client;
