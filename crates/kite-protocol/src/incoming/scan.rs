@@ -30,10 +30,6 @@ pub(super) fn request<'a>(
     text: &'a str,
     limits: &Limits,
 ) -> Option<(&'a str, RequestRef<'a>, UnscrubReport)> {
-    if text.len() > limits.max_message_bytes {
-        return None;
-    }
-    let mut s = Scanner { text, i: 0 };
     let mut method = None;
     // Filled in place (a large value, not to be moved through every layer); made only
     // when `arguments` is met, so a response costs nothing here.
@@ -41,8 +37,7 @@ pub(super) fn request<'a>(
     let mut options = None;
     // The response callback's id, `Some(None)` for `"callbacks":{}`.
     let mut callbacks: Option<Option<u64>> = None;
-    let mut links = false;
-    s.members(|s, key| {
+    envelope(text, limits, |s, key| {
         match key {
             "method" if method.is_none() => method = Some(s.string()?),
             "arguments" if options.is_none() => {
@@ -51,15 +46,10 @@ pub(super) fn request<'a>(
                 s.expect(b']')?;
             }
             "callbacks" if callbacks.is_none() => callbacks = Some(s.callbacks(limits)?),
-            "links" if !links => {
-                s.empty_array()?;
-                links = true;
-            }
             _ => return None,
         }
         Some(())
     })?;
-    s.end()?;
     let method = method?;
     let options = options?;
     let mut out = out?;
@@ -84,14 +74,10 @@ pub(super) fn request<'a>(
 /// (keys in any order, `links` empty if present, no other keys): the callback id and the
 /// outcome, read as the general decoder's `response` reads it.
 pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value, KiteError>)> {
-    if text.len() > limits.max_message_bytes {
-        return None;
-    }
-    let mut s = Scanner { text, i: 0 };
     let mut id = None;
     let mut outcome = None;
-    let (mut callbacks, mut links) = (false, false);
-    s.members(|s, key| {
+    let mut callbacks = false;
+    envelope(text, limits, |s, key| {
         match key {
             "method" if id.is_none() => id = Some(s.id()?),
             "arguments" if outcome.is_none() => {
@@ -104,16 +90,36 @@ pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value
                 s.expect(b'}')?;
                 callbacks = true;
             }
-            "links" if !links => {
-                s.empty_array()?;
-                links = true;
-            }
             _ => return None,
         }
         Some(())
     })?;
-    s.end()?;
     Some((id?, outcome?))
+}
+
+/// The whole `text` as a message object within `limits`: `member` reads the value of each
+/// key other than `links`, which may only be empty (and come once); nothing may follow.
+fn envelope<'a>(
+    text: &'a str,
+    limits: &Limits,
+    mut member: impl FnMut(&mut Scanner<'a>, &'a str) -> Option<()>,
+) -> Option<()> {
+    if text.len() > limits.max_message_bytes {
+        return None;
+    }
+    let mut s = Scanner { text, i: 0 };
+    let mut links = false;
+    s.members(|s, key| {
+        if key != "links" {
+            return member(s, key);
+        }
+        if links {
+            return None;
+        }
+        links = true;
+        s.empty_array()
+    })?;
+    s.end()
 }
 
 /// What the options object holds besides what goes straight into the request.
@@ -682,6 +688,20 @@ mod tests {
         format!("{}{}{}", ws(rng), object(rng, top), ws(rng))
     }
 
+    /// `text` with one character dropped, doubled or replaced by one of `replacements`.
+    fn mutated(rng: &mut Rng, text: &str, replacements: &[char]) -> String {
+        let mut m: Vec<char> = text.chars().collect();
+        let at = rng.upto(m.len());
+        match rng.upto(3) {
+            0 => {
+                m.remove(at);
+            }
+            1 => m.insert(at, m[at]),
+            _ => m[at] = replacements[rng.upto(replacements.len())],
+        }
+        m.into_iter().collect()
+    }
+
     /// What the general decoder makes of `text`, when it reads a request.
     fn general(text: &str, limits: &Limits) -> Option<String> {
         match decode_general(text, limits) {
@@ -713,22 +733,12 @@ mod tests {
                 taken += 1;
                 assert_eq!(Some(fast), general(&text, &limits), "round {round}: {text}");
             }
-            // Mutated: a character dropped, doubled or replaced by a structural one.
-            let chars: Vec<char> = text.chars().collect();
             for _ in 0..4 {
-                let mut m = chars.clone();
-                let at = rng.upto(m.len());
-                match rng.upto(3) {
-                    0 => {
-                        m.remove(at);
-                    }
-                    1 => m.insert(at, m[at]),
-                    _ => {
-                        m[at] = ['{', '}', '[', ']', ',', ':', '"', '\\', '0', ' ', '\u{1}']
-                            [rng.upto(11)]
-                    }
-                }
-                let m: String = m.into_iter().collect();
+                let m = mutated(
+                    &mut rng,
+                    &text,
+                    &['{', '}', '[', ']', ',', ':', '"', '\\', '0', ' ', '\u{1}'],
+                );
                 if let Some(fast) = scanned(&m, &limits) {
                     assert_eq!(Some(fast), general(&m, &limits), "round {round}: {m}");
                 }
@@ -813,18 +823,9 @@ mod tests {
         for round in 0..20_000 {
             let text = generated_response(&mut rng);
             let mut texts = vec![text.clone()];
-            let chars: Vec<char> = text.chars().collect();
             for _ in 0..3 {
-                let mut m = chars.clone();
-                let at = rng.upto(m.len());
-                match rng.upto(3) {
-                    0 => {
-                        m.remove(at);
-                    }
-                    1 => m.insert(at, m[at]),
-                    _ => m[at] = ['{', '}', '[', ']', ',', ':', '"', '0', ' ', 'n'][rng.upto(10)],
-                }
-                texts.push(m.into_iter().collect());
+                let replacements = ['{', '}', '[', ']', ',', ':', '"', '0', ' ', 'n'];
+                texts.push(mutated(&mut rng, &text, &replacements));
             }
             for t in &texts {
                 if response(t, &limits).is_some() {
@@ -878,6 +879,28 @@ mod tests {
         );
         assert!(request(&deep, &limits).is_none());
         assert!(general(&deep, &limits).is_some());
+        // Bad input: never a panic here, and the general decoder gives the error.
+        let very_deep = format!(
+            r#"{{"method":"a","arguments":[{{"withArgs":{}}}]}}"#,
+            "[".repeat(100_000)
+        );
+        for bad in [
+            "",
+            "{",
+            "}",
+            "[]",
+            "null",
+            r#"{"method""#,
+            r#"{"method":"a","arguments":[{"kite":{"id":"x"#,
+            r#"{"method":99999999999999999999,"arguments":[{"result":1}]}"#,
+            r#"{"method":1,"arguments":[{"result":nul}]}"#,
+            "{\"method\":\"a\u{1}\",\"arguments\":[{}]}",
+            very_deep.as_str(),
+        ] {
+            assert!(request(bad, &limits).is_none(), "{bad:.80}");
+            assert!(response(bad, &limits).is_none(), "{bad:.80}");
+            assert!(super::super::decode(bad, &limits).is_err(), "{bad:.80}");
+        }
 
         let usual = r#"{"method":17,"arguments":[{"error":null,"result":16}],"callbacks":{}}"#;
         let (id, outcome) = response(usual, &limits).expect("usual response");
