@@ -46,6 +46,7 @@ use serde_json::{Map, Value};
 use crate::dnode::{function_marker, json_type_name, parse_callback_marker};
 use crate::error::KiteError;
 use crate::identity::{Kite, FIELD_KEYS};
+use crate::sockjs::Escaped;
 
 /// Credentials: `{"type": ..., "key": ...}` (PROTOCOL.md 6.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -289,6 +290,59 @@ pub fn authentication_json(auth: &Authentication) -> String {
     out
 }
 
+/// A constant piece of JSON syntax in both forms (see [`syntax!`]).
+#[derive(Clone, Copy)]
+struct Syntax {
+    plain: &'static str,
+    escaped: &'static [u8],
+}
+
+/// The escaped length of `s`: a backslash before every quote (constants hold no other
+/// character that needs an escape; [`escape_syntax`] checks).
+const fn escaped_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut n = b.len();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'"' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// `s` escaped, at compile time. Fails to compile for a constant holding a backslash, a
+/// control character or non-ASCII (which would need other escapes).
+const fn escape_syntax<const N: usize>(s: &str) -> [u8; N] {
+    let b = s.as_bytes();
+    let mut out = [0u8; N];
+    let (mut i, mut o) = (0, 0);
+    while i < b.len() {
+        assert!(b[i] != b'\\' && b[i] >= 0x20 && b[i] < 0x80);
+        if b[i] == b'"' {
+            out[o] = b'\\';
+            o += 1;
+        }
+        out[o] = b[i];
+        o += 1;
+        i += 1;
+    }
+    out
+}
+
+/// A constant [`Syntax`], escaped at compile time.
+macro_rules! syntax {
+    ($s:literal) => {{
+        const PLAIN: &str = $s;
+        const ESCAPED: [u8; escaped_len(PLAIN)] = escape_syntax::<{ escaped_len(PLAIN) }>(PLAIN);
+        Syntax {
+            plain: PLAIN,
+            escaped: &ESCAPED,
+        }
+    }};
+}
+
 /// The complete text of a call message, written in one pass without building the options
 /// object as a JSON tree. Byte for byte what [`encode_request`], then
 /// [`scrub`](crate::dnode::scrub) and [`Message::encode`](crate::dnode::Message::encode)
@@ -308,9 +362,15 @@ pub fn encode_call_message(
     with_args: &Value,
     callbacks: &crate::dnode::Callbacks,
 ) -> String {
-    let mut out = call_message_head(method, kite_json, auth_json, with_args);
-    callbacks.encode_into(&mut out);
-    out.push('}');
+    let mut out = plain_for(method, kite_json, auth_json);
+    call_message(
+        &mut out,
+        method,
+        kite_json,
+        auth_json,
+        with_args,
+        Tail::Callbacks(callbacks),
+    );
     out
 }
 
@@ -324,32 +384,123 @@ pub fn encode_plain_call_message(
     with_args: &Value,
     response_callback: u64,
 ) -> String {
-    let mut out = call_message_head(method, kite_json, auth_json, with_args);
-    out.push_str("{\"");
-    crate::dnode::write_u64(&mut out, response_callback);
-    out.push_str("\":[0,\"responseCallback\"]}}");
+    let mut out = plain_for(method, kite_json, auth_json);
+    call_message(
+        &mut out,
+        method,
+        kite_json,
+        auth_json,
+        with_args,
+        Tail::Response(response_callback),
+    );
     out
 }
 
-/// A call message up to and including `"callbacks":`.
-fn call_message_head(
+/// [`encode_call_message`] in the escaped form a SockJS frame carries: the same message as
+/// [`Escaped::new`] of that text. `kite` and `auth` are the escaped forms of the
+/// [`kite_json`] and [`authentication_json`] texts (escaped once per identity and
+/// credential, then copied into every request as they are).
+///
+/// ```
+/// use kite_protocol::dnode::Callbacks;
+/// use kite_protocol::envelope::{encode_call_message, encode_call_message_escaped, kite_json};
+/// use kite_protocol::sockjs::Escaped;
+/// use kite_protocol::Kite;
+/// use serde_json::json;
+///
+/// let me = kite_json(&Kite { name: "client".into(), ..Default::default() });
+/// let plain = encode_call_message("square", &me, None, &json!([4]), &Callbacks::new());
+/// let escaped =
+///     encode_call_message_escaped("square", &Escaped::new(&me), None, &json!([4]), &Callbacks::new());
+/// assert_eq!(escaped, Escaped::new(&plain));
+/// ```
+pub fn encode_call_message_escaped(
     method: &str,
-    kite_json: &str,
-    auth_json: Option<&str>,
+    kite: &Escaped,
+    auth: Option<&Escaped>,
     with_args: &Value,
-) -> String {
+    callbacks: &crate::dnode::Callbacks,
+) -> Escaped {
+    let mut out = EscapedWriter::for_call(method, kite, auth);
+    call_message(
+        &mut out,
+        method,
+        kite,
+        auth,
+        with_args,
+        Tail::Callbacks(callbacks),
+    );
+    out.finish()
+}
+
+/// [`encode_plain_call_message`] in the escaped form; see [`encode_call_message_escaped`].
+pub fn encode_plain_call_message_escaped(
+    method: &str,
+    kite: &Escaped,
+    auth: Option<&Escaped>,
+    with_args: &Value,
+    response_callback: u64,
+) -> Escaped {
+    let mut out = EscapedWriter::for_call(method, kite, auth);
+    call_message(
+        &mut out,
+        method,
+        kite,
+        auth,
+        with_args,
+        Tail::Response(response_callback),
+    );
+    out.finish()
+}
+
+/// A `String` with room for a call message.
+fn plain_for(method: &str, kite_json: &str, auth_json: Option<&str>) -> String {
     let auth_len = auth_json.map_or(4, str::len);
-    let mut out = String::with_capacity(method.len() + kite_json.len() + auth_len + 192);
-    out.push_str("{\"method\":");
-    crate::dnode::write_json_string(&mut out, method);
-    out.push_str(",\"arguments\":[{\"authentication\":");
-    out.push_str(auth_json.unwrap_or("null"));
-    out.push_str(",\"kite\":");
-    out.push_str(kite_json);
-    out.push_str(",\"responseCallback\":\"[Function]\",\"withArgs\":");
-    crate::dnode::write_json_value(&mut out, with_args);
-    out.push_str("}],\"callbacks\":");
-    out
+    String::with_capacity(method.len() + kite_json.len() + auth_len + 192)
+}
+
+/// What ends a call message's `callbacks`.
+enum Tail<'a> {
+    /// Only the response callback, with this id.
+    Response(u64),
+    /// These callbacks.
+    Callbacks(&'a crate::dnode::Callbacks),
+}
+
+/// Writes a call message: `kite` and `auth` are in the writer's form.
+fn call_message<W: Writer + ?Sized>(
+    w: &mut W,
+    method: &str,
+    kite: &W::Piece,
+    auth: Option<&W::Piece>,
+    with_args: &Value,
+    tail: Tail<'_>,
+) {
+    w.syntax(syntax!("{\"method\":"));
+    w.plain(|out| crate::dnode::write_json_string(out, method));
+    w.syntax(syntax!(",\"arguments\":[{\"authentication\":"));
+    match auth {
+        Some(auth) => w.piece(auth),
+        None => w.syntax(syntax!("null")),
+    }
+    w.syntax(syntax!(",\"kite\":"));
+    w.piece(kite);
+    w.syntax(syntax!(
+        ",\"responseCallback\":\"[Function]\",\"withArgs\":"
+    ));
+    w.plain(|out| crate::dnode::write_json_value(out, with_args));
+    w.syntax(syntax!("}],\"callbacks\":"));
+    match tail {
+        Tail::Response(id) => {
+            w.syntax(syntax!("{\""));
+            w.plain(|out| crate::dnode::write_u64(out, id));
+            w.syntax(syntax!("\":[0,\"responseCallback\"]}}"));
+        }
+        Tail::Callbacks(callbacks) => {
+            w.plain(|out| callbacks.encode_into(out));
+            w.syntax(syntax!("}"));
+        }
+    }
 }
 
 /// The complete text of a response message (an invocation of the caller's callback
@@ -366,23 +517,120 @@ pub fn encode_response_message(
     // Room for the usual small result (`{"method":N,"arguments":[{"error":null,
     // "result":...}],"callbacks":{}}` is ~70 bytes) without growing.
     let mut out = String::with_capacity(128);
-    out.push_str("{\"method\":");
-    crate::dnode::write_u64(&mut out, callback);
-    out.push_str(",\"arguments\":[{\"error\":");
+    response_message(&mut out, callback, outcome, callbacks);
+    out
+}
+
+/// [`encode_response_message`] in the escaped form a SockJS frame carries (the same
+/// message as [`Escaped::new`] of that text).
+pub fn encode_response_message_escaped(
+    callback: u64,
+    outcome: Result<&Value, &KiteError>,
+    callbacks: &crate::dnode::Callbacks,
+) -> Escaped {
+    let mut out = EscapedWriter::with_capacity(160);
+    response_message(&mut out, callback, outcome, callbacks);
+    out.finish()
+}
+
+fn response_message<W: Writer + ?Sized>(
+    w: &mut W,
+    callback: u64,
+    outcome: Result<&Value, &KiteError>,
+    callbacks: &crate::dnode::Callbacks,
+) {
+    w.syntax(syntax!("{\"method\":"));
+    w.plain(|out| crate::dnode::write_u64(out, callback));
+    w.syntax(syntax!(",\"arguments\":[{\"error\":"));
     match outcome {
         Ok(result) => {
-            out.push_str("null,\"result\":");
-            crate::dnode::write_json_value(&mut out, result);
+            w.syntax(syntax!("null,\"result\":"));
+            w.plain(|out| crate::dnode::write_json_value(out, result));
         }
         Err(e) => {
-            crate::dnode::write_json_value(&mut out, &e.to_value());
-            out.push_str(",\"result\":null");
+            w.plain(|out| crate::dnode::write_json_value(out, &e.to_value()));
+            w.syntax(syntax!(",\"result\":null"));
         }
     }
-    out.push_str("}],\"callbacks\":");
-    callbacks.encode_into(&mut out);
-    out.push('}');
-    out
+    w.syntax(syntax!("}],\"callbacks\":"));
+    if callbacks.is_empty() {
+        w.syntax(syntax!("{}"));
+    } else {
+        w.plain(|out| callbacks.encode_into(out));
+    }
+    w.syntax(syntax!("}"));
+}
+
+/// Where the message encoders write: the plain text (`String`) or the escaped form
+/// ([`EscapedWriter`]).
+trait Writer {
+    /// A cached piece of JSON in this writer's form.
+    type Piece: ?Sized;
+    /// JSON syntax (a constant from [`syntax!`]).
+    fn syntax(&mut self, s: Syntax);
+    /// A cached piece, copied as it is.
+    fn piece(&mut self, p: &Self::Piece);
+    /// JSON written as plain text by `write`.
+    fn plain(&mut self, write: impl FnOnce(&mut String));
+}
+
+impl Writer for String {
+    type Piece = str;
+    #[inline]
+    fn syntax(&mut self, s: Syntax) {
+        self.push_str(s.plain);
+    }
+    #[inline]
+    fn piece(&mut self, p: &str) {
+        self.push_str(p);
+    }
+    #[inline]
+    fn plain(&mut self, write: impl FnOnce(&mut String)) {
+        write(self)
+    }
+}
+
+/// Writes a message in the escaped form: constants and cached pieces are escaped already,
+/// only what `plain` writes is escaped here.
+struct EscapedWriter {
+    out: Vec<u8>,
+    scratch: String,
+}
+
+impl EscapedWriter {
+    fn with_capacity(n: usize) -> Self {
+        EscapedWriter {
+            out: Vec::with_capacity(n),
+            scratch: String::new(),
+        }
+    }
+
+    fn for_call(method: &str, kite: &Escaped, auth: Option<&Escaped>) -> Self {
+        let auth_len = auth.map_or(4, Escaped::len);
+        Self::with_capacity(2 * method.len() + kite.len() + auth_len + 256)
+    }
+
+    fn finish(self) -> Escaped {
+        Escaped::from_escaped_bytes(self.out)
+    }
+}
+
+impl Writer for EscapedWriter {
+    type Piece = Escaped;
+    #[inline]
+    fn syntax(&mut self, s: Syntax) {
+        self.out.extend_from_slice(s.escaped);
+    }
+    #[inline]
+    fn piece(&mut self, p: &Escaped) {
+        self.out.extend_from_slice(p.as_bytes());
+    }
+    #[inline]
+    fn plain(&mut self, write: impl FnOnce(&mut String)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        crate::sockjs::escape_into_buf(&self.scratch, &mut self.out);
+    }
 }
 
 /// The response object `{"error": ..., "result": ...}`, both keys always present (Go
@@ -609,6 +857,17 @@ mod tests {
                 &cbs,
             );
             assert_eq!(got, expected);
+            // The escaped form: the same message as escaping the whole text.
+            let kite_escaped = Escaped::new(&kite_json(&kite));
+            let auth_escaped = auth.as_ref().map(|a| Escaped::new(&authentication_json(a)));
+            let got = encode_call_message_escaped(
+                "sq\"are",
+                &kite_escaped,
+                auth_escaped.as_ref(),
+                &wa,
+                &cbs,
+            );
+            assert_eq!(got, Escaped::new(&expected));
 
             // Without functions in the arguments: the plain form is the same text.
             let plain_args = vec![json!(4), json!({"s": "q\""}), json!([-1.5, ["x"]])];
@@ -625,10 +884,18 @@ mod tests {
                 "square",
                 &kite_json(&kite),
                 auth.as_ref().map(authentication_json).as_deref(),
-                &Value::Array(plain_args),
+                &Value::Array(plain_args.clone()),
                 12,
             );
             assert_eq!(got, expected);
+            let got = encode_plain_call_message_escaped(
+                "square",
+                &kite_escaped,
+                auth_escaped.as_ref(),
+                &Value::Array(plain_args),
+                12,
+            );
+            assert_eq!(got, Escaped::new(&expected));
         }
         for outcome in [
             Ok(json!({"a": [1, "x\u{7f}"]})),
@@ -642,7 +909,22 @@ mod tests {
                     .encode();
             let got = encode_response_message(9, outcome.as_ref(), &Callbacks::new());
             assert_eq!(got, expected);
+            let got = encode_response_message_escaped(9, outcome.as_ref(), &Callbacks::new());
+            assert_eq!(got, Escaped::new(&expected));
         }
+        // A response that passes functions back.
+        let mut callbacks = Callbacks::new();
+        callbacks.push(4, vec![0.into(), "result".into(), "f\u{2028}".into()]);
+        let result = json!({"f\u{2028}": "[Function]"});
+        let plain = encode_response_message(3, Ok(&result), &callbacks);
+        assert!(
+            plain.ends_with("\"callbacks\":{\"4\":[0,\"result\",\"f\u{2028}\"]}}"),
+            "{plain}"
+        );
+        assert_eq!(
+            encode_response_message_escaped(3, Ok(&result), &callbacks),
+            Escaped::new(&plain)
+        );
     }
 
     #[test]

@@ -594,6 +594,76 @@ pub fn quote_with(s: &str, mut push: impl FnMut(&str)) {
     push("\"");
 }
 
+/// One message in the form it takes inside a SockJS frame: the body of its JSON string
+/// literal, escaped as [`quote_into`] escapes it, without the surrounding quotes.
+///
+/// Quoting a whole dnode text costs a pass over every byte of it, most of which an encoder
+/// knows already: the caller's identity and credentials are the same in every request.
+/// Encoders that write this form directly (`envelope::encode_*_escaped`) splice in pieces
+/// escaped once, so a transport puts the message into a frame as it is.
+///
+/// Always valid UTF-8 (every constructor writes whole `&str` texts and ASCII escapes).
+///
+/// ```
+/// use kite_protocol::sockjs::Escaped;
+///
+/// let e = Escaped::new("{\"method\":\"a\u{2028}b\"}");
+/// assert_eq!(e.as_str(), r#"{\"method\":\"a\u2028b\"}"#);
+/// assert_eq!(e.to_plain().unwrap(), "{\"method\":\"a\u{2028}b\"}");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Escaped(Vec<u8>);
+
+impl Escaped {
+    /// Escapes the plain message `text`.
+    pub fn new(text: &str) -> Escaped {
+        let mut out = Vec::with_capacity(text.len() + text.len() / 4 + 8);
+        escape_into_buf(text, &mut out);
+        Escaped(out)
+    }
+
+    /// The escaped bytes (valid UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The escaped text.
+    pub fn as_str(&self) -> &str {
+        // Always valid (see the type's docs); an empty text would show a broken invariant.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Length of the escaped text in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the escaped text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The plain message (for transports that carry messages unframed).
+    pub fn to_plain(&self) -> Result<String, FrameError> {
+        let mut quoted = Vec::with_capacity(self.0.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(&self.0);
+        quoted.push(b'"');
+        serde_json::from_slice(&quoted).map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+
+    /// Wraps bytes an encoder of this crate wrote in the escaped form.
+    pub(crate) fn from_escaped_bytes(bytes: Vec<u8>) -> Escaped {
+        Escaped(bytes)
+    }
+}
+
+impl std::fmt::Debug for Escaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Escaped").field(&self.as_str()).finish()
+    }
+}
+
 /// A growable byte buffer that [`quote_into_buf`] appends to (e.g. `Vec<u8>`; wrap other
 /// buffer types in a small adapter).
 pub trait FrameBuf {
@@ -633,14 +703,28 @@ const QUOTE_ROOM: usize = 32;
 /// [`quote_into`] (valid UTF-8), written a word at a time. Meant for frames assembled in
 /// byte buffers that are sent as they are.
 pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
+    escape_with(s, out, true)
+}
+
+/// [`quote_into_buf`] without the surrounding quotes: the body of the string literal (what
+/// an [`Escaped`] message holds).
+pub fn escape_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
+    escape_with(s, out, false)
+}
+
+#[inline(always)]
+fn escape_with<B: FrameBuf + ?Sized>(s: &str, out: &mut B, quotes: bool) {
     let b = s.as_bytes();
     let start = out.len();
     // Room for the common case (a dnode JSON text: one quote to escape in ~6 bytes); it
     // grows when a text needs more.
     let mut end = start + b.len() + b.len() / 4 + QUOTE_ROOM + 2;
     let mut dst = grow(out, end);
-    dst[start] = b'"';
-    let mut o = start + 1;
+    let mut o = start;
+    if quotes {
+        dst[o] = b'"';
+        o += 1;
+    }
     let mut i = 0;
     while let Some(v) = word_at(b, i) {
         if end - o < QUOTE_ROOM {
@@ -699,8 +783,11 @@ pub fn quote_into_buf<B: FrameBuf + ?Sized>(s: &str, out: &mut B) {
     while i < b.len() {
         (i, o) = escape_at(s, i, dst, o);
     }
-    dst[o] = b'"';
-    out.resize(o + 1);
+    if quotes {
+        dst[o] = b'"';
+        o += 1;
+    }
+    out.resize(o);
 }
 
 /// Makes `out` `end` bytes long and returns its bytes to write.
@@ -1197,5 +1284,30 @@ mod tests {
             assert_eq!(fast_string_array(&frame), None, "{frame:?}");
             assert!(decode_client_frame(&frame).is_err(), "{frame:?}");
         }
+    }
+
+    #[test]
+    fn escaped_messages_are_quoted_bodies_and_unescape_back() {
+        let long = format!("{}\"{}", "t".repeat(70), "\u{2028}".repeat(3));
+        for text in [
+            "",
+            "x",
+            "{\"a\":\"b\\\\c\"}",
+            "\u{1}\n\t\u{ffff}é",
+            long.as_str(),
+        ] {
+            let mut quoted = Vec::new();
+            quote_into_buf(text, &mut quoted);
+            let e = Escaped::new(text);
+            assert_eq!(e.as_bytes(), &quoted[1..quoted.len() - 1], "{text:?}");
+            assert_eq!(e.len(), quoted.len() - 2);
+            assert_eq!(e.to_plain().as_deref(), Ok(text));
+            // Appended to what a buffer holds already.
+            let mut buf = b"ab".to_vec();
+            escape_into_buf(text, &mut buf);
+            assert_eq!(&buf[2..], e.as_bytes());
+        }
+        assert!(Escaped::new("").is_empty());
+        assert_eq!(format!("{:?}", Escaped::new("\"")), r#"Escaped("\\\"")"#);
     }
 }
