@@ -104,6 +104,12 @@ impl kite::Connector for RawWsConnector {
                                         return;
                                     }
                                 }
+                                kite_sockjs::session::Outbound::Escaped(m) => {
+                                    let Ok(m) = m.to_plain() else { return };
+                                    if sink.feed(Message::text(m)).await.is_err() {
+                                        return;
+                                    }
+                                }
                                 kite_sockjs::session::Outbound::Close { .. } => {
                                     let _ = sink.send(Message::Close(None)).await;
                                     return;

@@ -477,7 +477,7 @@ fn call_message<W: Writer + ?Sized>(
     tail: Tail<'_>,
 ) {
     w.syntax(syntax!("{\"method\":"));
-    w.plain(|out| crate::dnode::write_json_string(out, method));
+    w.name(method);
     w.syntax(syntax!(",\"arguments\":[{\"authentication\":"));
     match auth {
         Some(auth) => w.piece(auth),
@@ -493,7 +493,7 @@ fn call_message<W: Writer + ?Sized>(
     match tail {
         Tail::Response(id) => {
             w.syntax(syntax!("{\""));
-            w.plain(|out| crate::dnode::write_u64(out, id));
+            w.number(id);
             w.syntax(syntax!("\":[0,\"responseCallback\"]}}"));
         }
         Tail::Callbacks(callbacks) => {
@@ -540,7 +540,7 @@ fn response_message<W: Writer + ?Sized>(
     callbacks: &crate::dnode::Callbacks,
 ) {
     w.syntax(syntax!("{\"method\":"));
-    w.plain(|out| crate::dnode::write_u64(out, callback));
+    w.number(callback);
     w.syntax(syntax!(",\"arguments\":[{\"error\":"));
     match outcome {
         Ok(result) => {
@@ -572,6 +572,14 @@ trait Writer {
     fn piece(&mut self, p: &Self::Piece);
     /// JSON written as plain text by `write`.
     fn plain(&mut self, write: impl FnOnce(&mut String));
+    /// A number.
+    fn number(&mut self, n: u64) {
+        self.plain(|out| crate::dnode::write_u64(out, n));
+    }
+    /// A string value.
+    fn name(&mut self, s: &str) {
+        self.plain(|out| crate::dnode::write_json_string(out, s));
+    }
 }
 
 impl Writer for String {
@@ -594,14 +602,12 @@ impl Writer for String {
 /// only what `plain` writes is escaped here.
 struct EscapedWriter {
     out: Vec<u8>,
-    scratch: String,
 }
 
 impl EscapedWriter {
     fn with_capacity(n: usize) -> Self {
         EscapedWriter {
             out: Vec::with_capacity(n),
-            scratch: String::new(),
         }
     }
 
@@ -627,11 +633,54 @@ impl Writer for EscapedWriter {
     }
     #[inline]
     fn plain(&mut self, write: impl FnOnce(&mut String)) {
-        self.scratch.clear();
-        write(&mut self.scratch);
-        crate::sockjs::escape_into_buf(&self.scratch, &mut self.out);
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                scratch.clear();
+                write(&mut scratch);
+                crate::sockjs::escape_into_buf(&scratch, &mut self.out);
+                if scratch.capacity() > SCRATCH_KEEP {
+                    *scratch = String::new();
+                }
+            }
+            // Not reentrant; cannot happen, but a fresh buffer is always correct.
+            Err(_) => {
+                let mut scratch = String::new();
+                write(&mut scratch);
+                crate::sockjs::escape_into_buf(&scratch, &mut self.out);
+            }
+        })
+    }
+
+    #[inline]
+    fn number(&mut self, n: u64) {
+        // Digits need no escape.
+        let mut buf = itoa::Buffer::new();
+        self.out.extend_from_slice(buf.format(n).as_bytes());
+    }
+
+    #[inline]
+    fn name(&mut self, s: &str) {
+        // The usual method name has nothing to escape, as JSON or for SockJS.
+        if s.bytes()
+            .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+        {
+            self.out.extend_from_slice(b"\\\"");
+            self.out.extend_from_slice(s.as_bytes());
+            self.out.extend_from_slice(b"\\\"");
+        } else {
+            self.plain(|out| crate::dnode::write_json_string(out, s));
+        }
     }
 }
+
+thread_local! {
+    /// Where [`EscapedWriter::plain`] writes the plain JSON it escapes: one per thread,
+    /// reused by every message.
+    static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// A scratch buffer larger than this after a message is given back.
+const SCRATCH_KEEP: usize = 64 << 10;
 
 /// The response object `{"error": ..., "result": ...}`, both keys always present (Go
 /// style): `error` is `null` on success, `result` is `null` on error. A result may

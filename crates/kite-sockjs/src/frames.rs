@@ -31,6 +31,30 @@ impl<'a> Buf<'a> {
         self.buf[at..at + bytes.len()].copy_from_slice(bytes);
     }
 
+    /// Starts the next message of about `len` bytes: after a comma in the open frame, or
+    /// in a new frame (the open one finished first if it would grow past `max_bytes`).
+    /// Returns that a frame is open.
+    fn next_message(
+        &mut self,
+        mut open: bool,
+        len: usize,
+        prefix: &[u8],
+        max_bytes: usize,
+        frames: &mut Vec<Utf8Bytes>,
+    ) -> bool {
+        if open && self.len + len + 3 > max_bytes {
+            self.finish(frames);
+            open = false;
+        }
+        if open {
+            self.put(b",");
+        } else {
+            self.put(prefix);
+            self.put(b"[");
+        }
+        true
+    }
+
     /// Takes the frame written so far (plus `]`) out of the buffer into `frames`.
     fn finish(&mut self, frames: &mut Vec<Utf8Bytes>) {
         self.put(b"]");
@@ -82,6 +106,7 @@ pub(crate) fn encode_frames(
         .iter()
         .map(|o| match o {
             Outbound::Message(m) => m.len() + 3,
+            Outbound::Escaped(m) => m.len() + 3,
             Outbound::Close { .. } => 0,
         })
         .sum();
@@ -91,18 +116,14 @@ pub(crate) fn encode_frames(
     for item in batch.drain(..) {
         match item {
             Outbound::Message(message) => {
-                if open && w.len + message.len() + 3 > max_bytes {
-                    w.finish(frames);
-                    open = false;
-                }
-                if open {
-                    w.put(b",");
-                } else {
-                    w.put(prefix);
-                    w.put(b"[");
-                    open = true;
-                }
+                open = w.next_message(open, message.len(), prefix, max_bytes, frames);
                 quote_into_buf(&message, &mut w);
+            }
+            Outbound::Escaped(message) => {
+                open = w.next_message(open, message.len(), prefix, max_bytes, frames);
+                w.put(b"\"");
+                w.put(message.as_bytes());
+                w.put(b"\"");
             }
             Outbound::Close { code, reason } => {
                 close = Some((code, reason));
@@ -122,6 +143,7 @@ pub(crate) fn encode_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::Escaped;
 
     #[test]
     fn frames_split_by_size_stop_at_close_and_reuse_the_buffer() {
@@ -163,5 +185,61 @@ mod tests {
         assert_eq!(frames, vec![r#"a["z"]"#.to_string()]);
         let next = frames[0].as_str().as_ptr() as usize;
         assert!((first..first + 64).contains(&next), "{first:#x} {next:#x}");
+    }
+
+    #[test]
+    fn escaped_messages_make_the_same_frames_as_plain_ones() {
+        let texts = ["{\"m\":\"x\\y\"}", "a\u{2028}\n", "", &"z".repeat(40)];
+        let plain = || {
+            texts
+                .iter()
+                .map(|t| Outbound::Message(t.to_string()))
+                .collect()
+        };
+        // Escaped, and mixed with plain ones.
+        let escaped = || {
+            texts
+                .iter()
+                .map(|t| Outbound::Escaped(Escaped::new(t)))
+                .collect()
+        };
+        let mixed = || {
+            let e: Vec<Outbound> = escaped();
+            let p: Vec<Outbound> = plain();
+            e.into_iter()
+                .zip(p)
+                .enumerate()
+                .map(|(i, (e, p))| if i % 2 == 0 { e } else { p })
+                .collect()
+        };
+        for max_bytes in [1 << 20, 30] {
+            let encode = |mut batch: Vec<Outbound>| {
+                let (mut buf, mut frames) = (BytesMut::new(), Vec::new());
+                encode_frames(&mut batch, b"a", &mut buf, &mut frames, max_bytes);
+                frames
+            };
+            let messages = |frames: Vec<Utf8Bytes>| -> Vec<String> {
+                frames
+                    .iter()
+                    .flat_map(
+                        |f| match kite_protocol::sockjs::decode_server_frame(f.as_str()) {
+                            Ok(kite_protocol::sockjs::ServerFrame::Messages(m)) => m,
+                            other => panic!("{other:?}"),
+                        },
+                    )
+                    .collect()
+            };
+            let expected = encode(plain());
+            if max_bytes > 1000 {
+                // One frame: byte for byte the same.
+                assert_eq!(encode(escaped()), expected);
+                assert_eq!(encode(mixed()), expected);
+            }
+            // Split by size (an escaped message counts its escaped length): the same
+            // messages in the same order.
+            assert_eq!(messages(encode(escaped())), texts);
+            assert_eq!(messages(encode(mixed())), texts);
+            assert_eq!(messages(expected), texts);
+        }
     }
 }

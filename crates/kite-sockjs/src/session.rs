@@ -29,6 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::queue::{self, Rx, TrySendError, Tx};
+pub use kite_protocol::sockjs::Escaped;
 
 /// Which transport carries a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +128,9 @@ impl SessionInfo {
 pub enum Outbound {
     /// One message (a dnode JSON text).
     Message(String),
+    /// One message already in the escaped form a SockJS frame carries (see
+    /// [`SessionSender::send_escaped`]).
+    Escaped(Escaped),
     /// Close the session with a SockJS close code and reason (e.g. 3000 `Go away!`).
     Close {
         /// Close code.
@@ -203,6 +207,25 @@ impl SessionSender {
             .send(Outbound::Message(message))
             .await
             .map_err(|_| SendError::Closed)
+    }
+
+    /// Queues one message given in its escaped form ([`Escaped`]: the body of the JSON
+    /// string a SockJS frame carries it in), waiting while the outgoing queue is full.
+    /// SockJS transports copy it into the frame as it is, where a plain message is quoted
+    /// byte by byte; an encoder that writes this form directly (splicing in pieces it
+    /// escaped once) saves that pass. Transports without SockJS framing unescape it.
+    pub async fn send_escaped(&self, message: Escaped) -> Result<(), SendError> {
+        self.tx
+            .send(Outbound::Escaped(message))
+            .await
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// Whether the transport carries messages in SockJS frames, so that
+    /// [`SessionSender::send_escaped`] is the cheaper way to send (false for
+    /// [`Transport::RawWebSocket`], where a plain message is sent as it is).
+    pub fn frames_escaped(&self) -> bool {
+        self.info.transport != Transport::RawWebSocket
     }
 
     /// Queues one message without waiting.

@@ -36,7 +36,9 @@ use crate::request::{Auth, Request, RequestInner};
 use crate::settings::Limits;
 use kite_protocol::dnode::{self, Callbacks, Message, Method};
 use kite_protocol::{envelope, incoming, RequestId};
-use kite_sockjs::session::{Role, Session, SessionInfo, SessionReceiver, SessionSender};
+use kite_sockjs::session::{
+    Escaped, Role, SendError, Session, SessionInfo, SessionReceiver, SessionSender,
+};
 
 /// Extra keys of a request's options object, sent next to `withArgs` (e.g. a deadline or
 /// a W3C `traceparent`). Go and kite.js peers ignore keys they do not know; our server
@@ -78,6 +80,8 @@ impl Table {
 struct CachedAuth {
     auth: Auth,
     json: Box<str>,
+    /// `json` escaped for SockJS frames.
+    escaped: Escaped,
 }
 
 impl CachedAuth {
@@ -87,7 +91,12 @@ impl CachedAuth {
             auth.key.as_str(),
         ))
         .into_boxed_str();
-        Arc::new(CachedAuth { auth, json })
+        let escaped = Escaped::new(&json);
+        Arc::new(CachedAuth {
+            auth,
+            json,
+            escaped,
+        })
     }
 }
 
@@ -161,6 +170,9 @@ pub(crate) struct ConnShared {
     pub(crate) core: Arc<Core>,
     pub(crate) limits: Arc<Limits>,
     sender: SessionSender,
+    /// Messages are encoded in the escaped form of SockJS frames
+    /// ([`SessionSender::frames_escaped`]).
+    escaped: bool,
     info: SessionInfo,
     table: Mutex<Table>,
     remote: OnceLock<Arc<KiteIdentity>>,
@@ -220,6 +232,7 @@ impl Connection {
             permits: Arc::new(Semaphore::new(limits.max_concurrent_handlers.max(1))),
             core,
             limits,
+            escaped: sender.frames_escaped(),
             sender,
             info,
             table: Mutex::new(Table::default()),
@@ -592,20 +605,40 @@ impl ConnShared {
         };
         let ident = self.core.cached_identity();
         let auth = self.cached_auth();
-        let auth_json = auth.as_deref().map(|a| &*a.json);
-        let text = match &callbacks {
-            None => envelope::encode_plain_call_message(
-                method,
-                &ident.json,
-                auth_json,
-                &with_args,
-                response_id,
-            ),
-            Some(callbacks) => {
-                envelope::encode_call_message(method, &ident.json, auth_json, &with_args, callbacks)
-            }
+        let text = if self.escaped {
+            let auth = auth.as_deref().map(|a| &a.escaped);
+            Encoded::Escaped(match &callbacks {
+                None => envelope::encode_plain_call_message_escaped(
+                    method,
+                    &ident.escaped,
+                    auth,
+                    &with_args,
+                    response_id,
+                ),
+                Some(callbacks) => envelope::encode_call_message_escaped(
+                    method,
+                    &ident.escaped,
+                    auth,
+                    &with_args,
+                    callbacks,
+                ),
+            })
+        } else {
+            let auth = auth.as_deref().map(|a| &*a.json);
+            Encoded::Plain(match &callbacks {
+                None => envelope::encode_plain_call_message(
+                    method,
+                    &ident.json,
+                    auth,
+                    &with_args,
+                    response_id,
+                ),
+                Some(callbacks) => {
+                    envelope::encode_call_message(method, &ident.json, auth, &with_args, callbacks)
+                }
+            })
         };
-        if self.sender.send(text).await.is_err() {
+        if self.send_encoded(text).await.is_err() {
             self.unregister(&registered);
             lock(&self.table).remove(response_id);
             return Err(KiteError::send("can't send, session is closed"));
@@ -929,7 +962,7 @@ impl ConnShared {
         let Some((text, registered)) = self.encode_reply(callback, result, functions) else {
             return;
         };
-        if self.sender.send(text).await.is_err() {
+        if self.send_encoded(text).await.is_err() {
             self.unregister(&registered);
             debug!(
                 session = self.info.id(),
@@ -945,12 +978,20 @@ impl ConnShared {
         callback: u64,
         result: Result<Value, KiteError>,
         functions: Vec<Function>,
-    ) -> Option<(String, Vec<u64>)> {
+    ) -> Option<(Encoded, Vec<u64>)> {
+        let response = |outcome: Result<&Value, &KiteError>, callbacks: &Callbacks| {
+            if self.escaped {
+                Encoded::Escaped(envelope::encode_response_message_escaped(
+                    callback, outcome, callbacks,
+                ))
+            } else {
+                Encoded::Plain(envelope::encode_response_message(
+                    callback, outcome, callbacks,
+                ))
+            }
+        };
         let (text, registered) = match result {
-            Err(e) => (
-                envelope::encode_response_message(callback, Err(&e), &Callbacks::new()),
-                Vec::new(),
-            ),
+            Err(e) => (response(Err(&e), &Callbacks::new()), Vec::new()),
             Ok(mut value) if functions.is_empty() => {
                 // No local function can be sent: markers (forged ones included) become
                 // "[Function]" without a callback entry; no table access needed.
@@ -960,10 +1001,7 @@ impl ConnShared {
                     let mut unused = 0;
                     let _ = dnode::scrub(&mut value, &mut unused);
                 }
-                (
-                    envelope::encode_response_message(callback, Ok(&value), &Callbacks::new()),
-                    Vec::new(),
-                )
+                (response(Ok(&value), &Callbacks::new()), Vec::new())
             }
             Ok(value) => {
                 let locals = functions.into_iter().map(LocalCallback::User).collect();
@@ -984,10 +1022,9 @@ impl ConnShared {
                     other => other,
                 };
                 match registered {
-                    Ok((callbacks, registered, _)) => (
-                        envelope::encode_response_message(callback, Ok(&value), &callbacks),
-                        registered,
-                    ),
+                    Ok((callbacks, registered, _)) => {
+                        (response(Ok(&value), &callbacks), registered)
+                    }
                     Err(e) => {
                         debug!(session = self.info.id(), "cannot send response: {e}");
                         return None;
@@ -996,6 +1033,23 @@ impl ConnShared {
             }
         };
         Some((text, registered))
+    }
+}
+
+/// An outgoing message, encoded in the form its session's transport carries.
+enum Encoded {
+    /// The dnode JSON text.
+    Plain(String),
+    /// Escaped for a SockJS frame ([`SessionSender::send_escaped`]).
+    Escaped(Escaped),
+}
+
+impl ConnShared {
+    async fn send_encoded(&self, message: Encoded) -> Result<(), SendError> {
+        match message {
+            Encoded::Plain(text) => self.sender.send(text).await,
+            Encoded::Escaped(text) => self.sender.send_escaped(text).await,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
+use kite_protocol::sockjs::Escaped;
 use serde::Serialize;
 use serde_json::Value;
 use tower::{Layer, Service};
@@ -113,6 +114,8 @@ pub(crate) struct Core {
 pub(crate) struct CachedIdentity {
     pub kite: KiteIdentity,
     pub json: Box<str>,
+    /// `json` escaped for SockJS frames.
+    pub escaped: Escaped,
 }
 
 impl CachedIdentity {
@@ -127,7 +130,12 @@ impl CachedIdentity {
             id: id.to_string(),
         };
         let json = kite_protocol::envelope::kite_json(&kite).into_boxed_str();
-        CachedIdentity { kite, json }
+        let escaped = Escaped::new(&json);
+        CachedIdentity {
+            kite,
+            json,
+            escaped,
+        }
     }
 }
 

@@ -509,7 +509,11 @@ fn take_batch(
     for item in batch.drain(..) {
         match item {
             Outbound::Message(m) if close.is_none() => frames.push(Utf8Bytes::from(m)),
-            Outbound::Message(_) => {}
+            Outbound::Escaped(m) if close.is_none() => match m.to_plain() {
+                Ok(m) => frames.push(Utf8Bytes::from(m)),
+                Err(e) => tracing::error!(error = %e, "raw websocket: cannot unescape a message"),
+            },
+            Outbound::Message(_) | Outbound::Escaped(_) => {}
             Outbound::Close { code, reason } => {
                 if close.is_none() {
                     close = Some((code, reason));
