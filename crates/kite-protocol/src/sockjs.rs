@@ -299,6 +299,137 @@ fn fast_string_with(text: &str, start: usize, scratch: &mut Vec<u8>) -> Option<(
     Some((string, i + 1))
 }
 
+/// Splits a JSON array of strings (a client frame, or what follows the `a` of a server
+/// frame) into its messages in the escaped form, without unescaping them: each string is
+/// checked (escapes, control characters) and its body copied. `None` (and `out` as it
+/// was) for anything else, such as a `\\u` escape or unusual whitespace: decode such a
+/// frame with [`decode_client_frame_into`] or [`decode_server_frame`], which give the
+/// same messages unescaped, or the error.
+///
+/// ```
+/// use kite_protocol::sockjs::split_messages;
+///
+/// let mut out = Vec::new();
+/// split_messages(r#"["{\"a\":1}","x"]"#, &mut out).unwrap();
+/// assert_eq!(out[0].as_str(), r#"{\"a\":1}"#);
+/// assert_eq!(out[0].to_plain().unwrap(), r#"{"a":1}"#);
+/// assert_eq!(out[1].as_str(), "x");
+/// assert!(split_messages(r#"["\u0041"]"#, &mut out).is_none());
+/// assert_eq!(out.len(), 2);
+/// ```
+pub fn split_messages(text: &str, out: &mut Vec<Escaped>) -> Option<()> {
+    let before = out.len();
+    let r = split_messages_into(text, out);
+    if r.is_none() {
+        out.truncate(before);
+    }
+    r
+}
+
+fn split_messages_into(text: &str, out: &mut Vec<Escaped>) -> Option<()> {
+    let b = text.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(i + 1);
+    if b.get(i) == Some(&b']') {
+        return (skip_ws(i + 1) == b.len()).then_some(());
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let end = string_body_end(b, i + 1)?;
+        out.push(Escaped(b[i + 1..end].to_vec()));
+        i = skip_ws(end + 1);
+        match b.get(i)? {
+            b',' => i = skip_ws(i + 1),
+            b']' => return (skip_ws(i + 1) == b.len()).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// The index of the quote that ends the JSON string whose body starts at `start`, if the
+/// body has only short escapes (no `\\u`) and no control characters.
+fn string_body_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    loop {
+        // As when unescaping: a word at a time, the rest of a long run in blocks.
+        if let Some(v) = word_at(b, i) {
+            let m = unescape_stops(v);
+            if m == 0 {
+                i += 8;
+                if i - start >= 24 {
+                    i = unescape_run_end(b, i);
+                }
+                continue;
+            }
+            i += first_byte(m);
+        }
+        match *b.get(i)? {
+            b'"' => return Some(i),
+            b'\\' => {
+                unescape(*b.get(i + 1)?)?;
+                i += 2;
+            }
+            c if c < 0x20 => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Appends the unescaped `body` of a JSON string literal (without its quotes) to `out`.
+/// Runs without escapes are copied whole; a `\\u` escape and what follows it are left to
+/// `serde_json`.
+pub fn unescape_into(body: &str, out: &mut String) -> Result<(), FrameError> {
+    let b = body.as_bytes();
+    let mut run = 0;
+    let mut i = 0;
+    loop {
+        // Up to the next backslash.
+        while let Some(v) = word_at(b, i) {
+            let m = eq_low(v, b'\\');
+            if m != 0 {
+                i += first_byte(m);
+                break;
+            }
+            i += 8;
+        }
+        while i < b.len() && b[i] != b'\\' {
+            i += 1;
+        }
+        out.push_str(&body[run..i]);
+        if i == b.len() {
+            return Ok(());
+        }
+        match b.get(i + 1).copied().and_then(unescape) {
+            Some(c) => {
+                out.push(char::from(c));
+                i += 2;
+                run = i;
+            }
+            None => {
+                let mut quoted = String::with_capacity(b.len() - i + 2);
+                quoted.push('"');
+                quoted.push_str(&body[i..]);
+                quoted.push('"');
+                let rest: String = serde_json::from_str(&quoted)
+                    .map_err(|e| FrameError::Malformed(e.to_string()))?;
+                out.push_str(&rest);
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// The bytes of `v` where unescaping a JSON string body must look closer: a quote, a
 /// backslash or a byte below 0x23 (control characters; a space or `!` is a false alarm).
 /// Only the lowest marked byte is certain.
@@ -602,7 +733,12 @@ pub fn quote_with(s: &str, mut push: impl FnMut(&str)) {
 /// Encoders that write this form directly (`envelope::encode_*_escaped`) splice in pieces
 /// escaped once, so a transport puts the message into a frame as it is.
 ///
-/// Always valid UTF-8 (every constructor writes whole `&str` texts and ASCII escapes).
+/// Received messages come in this form too ([`split_messages`]): the body as the peer
+/// wrote it, which is valid JSON string syntax but not necessarily escaped the way
+/// [`quote_into`] escapes (a peer may send U+2028 raw).
+///
+/// Always valid UTF-8 (every constructor writes whole `&str` texts and ASCII escapes, or
+/// takes a slice of a `&str` between ASCII quotes).
 ///
 /// ```
 /// use kite_protocol::sockjs::Escaped;
@@ -645,11 +781,9 @@ impl Escaped {
 
     /// The plain message (for transports that carry messages unframed).
     pub fn to_plain(&self) -> Result<String, FrameError> {
-        let mut quoted = Vec::with_capacity(self.0.len() + 2);
-        quoted.push(b'"');
-        quoted.extend_from_slice(&self.0);
-        quoted.push(b'"');
-        serde_json::from_slice(&quoted).map_err(|e| FrameError::Malformed(e.to_string()))
+        let mut out = String::with_capacity(self.0.len());
+        unescape_into(self.as_str(), &mut out)?;
+        Ok(out)
     }
 
     /// Wraps bytes an encoder of this crate wrote in the escaped form.
@@ -1190,6 +1324,8 @@ mod tests {
                     if special >= ' ' || "\n".contains(special) {
                         assert_eq!(fast_string_array(&frame), want, "{frame:?}");
                     }
+                    check_split(&frame);
+                    check_unescape(&literal, &s);
                     // The character raw in the literal: a quote ends it early, a backslash
                     // escapes the next `b`, a control character makes the frame invalid.
                     let raw = format!("[\"{s}\"]");
@@ -1198,6 +1334,7 @@ mod tests {
                     if want.is_none() {
                         assert_eq!(fast_string_array(&raw), None, "{raw:?}");
                     }
+                    check_split(&raw);
                 }
             }
         }
@@ -1255,6 +1392,8 @@ mod tests {
                         assert_eq!(one, s);
                         assert_eq!(next, literal.len());
                     }
+                    check_split(&frame);
+                    check_unescape(literal, &s);
                     let expected = serde_json::from_str::<Vec<String>>(&frame).ok();
                     assert_eq!(decode_client_frame(&frame).ok(), expected, "{frame:?}");
                     let mut into = vec!["before".to_string()];
@@ -1264,6 +1403,8 @@ mod tests {
                     }
                 }
                 // A frame of our own quoting decodes back (via serde for `\u` escapes).
+                check_unescape(&out, &s);
+                check_split(&format!("[{out},{out}]"));
                 let frame = format!("a[{out},{out}]");
                 assert_eq!(
                     decode_server_frame(&frame).unwrap(),
@@ -1282,8 +1423,31 @@ mod tests {
             }
             let frame = format!("[{}", &literal[..cut]);
             assert_eq!(fast_string_array(&frame), None, "{frame:?}");
+            check_split(&frame);
             assert!(decode_client_frame(&frame).is_err(), "{frame:?}");
         }
+    }
+
+    /// [`split_messages`] takes what the fast decoder takes, with the same messages once
+    /// unescaped, and leaves `out` as it was otherwise.
+    fn check_split(frame: &str) {
+        let mut out = vec![Escaped::new("before")];
+        let split = split_messages(frame, &mut out);
+        let fast = fast_string_array(frame);
+        assert_eq!(split.is_some(), fast.is_some(), "{frame:?}");
+        if split.is_some() {
+            let plain: Vec<String> = out[1..].iter().map(|e| e.to_plain().unwrap()).collect();
+            assert_eq!(Some(plain), fast, "{frame:?}");
+        } else {
+            assert_eq!(out.len(), 1, "{frame:?}");
+        }
+    }
+
+    /// [`unescape_into`] of a literal's body gives `want`.
+    fn check_unescape(literal: &str, want: &str) {
+        let mut out = "x".to_string();
+        unescape_into(&literal[1..literal.len() - 1], &mut out).unwrap();
+        assert_eq!(&out[1..], want, "{literal:?}");
     }
 
     #[test]
