@@ -261,7 +261,7 @@ impl IncomingCallback<'_> {
 /// Decodes one incoming message within `limits` (see the [module docs](self)).
 pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, DecodeError> {
     // The usual request and response, read by hand.
-    if let Some((method, request, report)) = scan::request(text, limits) {
+    if let Some((method, request, report)) = scan::request::<false>(text, limits) {
         return Ok(Incoming::Call(IncomingCall {
             method: Cow::Borrowed(method),
             request: Ok(request),
@@ -283,6 +283,46 @@ pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, Dec
         }));
     }
     decode_general(text, limits)
+}
+
+/// [`decode`] for a message in the escaped form of a SockJS frame's string
+/// ([`Escaped`](crate::sockjs::Escaped), as [`split_messages`](crate::sockjs::split_messages)
+/// gives them): the usual request is read from that form as it is, its quotes being `\"`,
+/// which saves unescaping it first; anything else is unescaped into `scratch` and decoded
+/// from there. The result is always [`decode`]'s of the unescaped text.
+///
+/// ```
+/// use kite_protocol::dnode::{Callbacks, Limits};
+/// use kite_protocol::envelope::{encode_plain_call_message, kite_json};
+/// use kite_protocol::incoming::{self, Incoming};
+/// use kite_protocol::sockjs::Escaped;
+/// use kite_protocol::Kite;
+/// use serde_json::json;
+///
+/// let me = kite_json(&Kite { name: "client".into(), ..Default::default() });
+/// let text = encode_plain_call_message("square", &me, None, &json!([4]), 1);
+/// let escaped = Escaped::new(&text);
+/// let (limits, mut scratch) = (Limits::default(), String::new());
+/// let Incoming::Call(call) = incoming::decode_escaped(escaped.as_str(), &mut scratch, &limits)
+///     .unwrap() else { panic!("a call") };
+/// assert_eq!(call.method, "square");
+/// assert_eq!(call.request.unwrap().with_args, vec![json!(4)]);
+/// ```
+pub fn decode_escaped<'a>(
+    escaped: &'a str,
+    scratch: &'a mut String,
+    limits: &'a Limits,
+) -> Result<Incoming<'a>, DecodeError> {
+    if let Some((method, request, report)) = scan::request::<true>(escaped, limits) {
+        return Ok(Incoming::Call(IncomingCall {
+            method: Cow::Borrowed(method),
+            request: Ok(request),
+            report,
+        }));
+    }
+    scratch.clear();
+    crate::sockjs::unescape_into(escaped, scratch)?;
+    decode(scratch, limits)
 }
 
 /// [`decode`] without the hand-written reader of [`scan`].

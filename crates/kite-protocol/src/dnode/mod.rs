@@ -320,6 +320,10 @@ pub enum DecodeError {
         /// The limit.
         max: usize,
     },
+    /// A message in the escaped form of a SockJS frame's string could not be unescaped
+    /// (see [`incoming::decode_escaped`](crate::incoming::decode_escaped)).
+    #[error("cannot unescape the message: {0}")]
+    Escape(#[from] crate::sockjs::FrameError),
 }
 
 /// Short name of a JSON value's type for error messages (`"a string"`, `"an object"`, ...).

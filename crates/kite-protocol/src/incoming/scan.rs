@@ -26,7 +26,7 @@ use crate::sockjs::{first_byte, unescape_run_end, unescape_stops, word_at};
 const MAX_VALUE_DEPTH: usize = 32;
 
 /// The request, if `text` is one in the usual shape.
-pub(super) fn request<'a>(
+pub(super) fn request<'a, const E: bool>(
     text: &'a str,
     limits: &Limits,
 ) -> Option<(&'a str, RequestRef<'a>, UnscrubReport)> {
@@ -37,7 +37,7 @@ pub(super) fn request<'a>(
     let mut options = None;
     // The response callback's id, `Some(None)` for `"callbacks":{}`.
     let mut callbacks: Option<Option<u64>> = None;
-    envelope(text, limits, |s, key| {
+    envelope::<E>(text, limits, |s, key| {
         match key {
             "method" if method.is_none() => method = Some(s.string()?),
             "arguments" if options.is_none() => {
@@ -77,7 +77,7 @@ pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value
     let mut id = None;
     let mut outcome = None;
     let mut callbacks = false;
-    envelope(text, limits, |s, key| {
+    envelope::<false>(text, limits, |s, key| {
         match key {
             "method" if id.is_none() => id = Some(s.id()?),
             "arguments" if outcome.is_none() => {
@@ -99,10 +99,10 @@ pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value
 
 /// The whole `text` as a message object within `limits`: `member` reads the value of each
 /// key other than `links`, which may only be empty (and come once); nothing may follow.
-fn envelope<'a>(
+fn envelope<'a, const E: bool>(
     text: &'a str,
     limits: &Limits,
-    mut member: impl FnMut(&mut Scanner<'a>, &'a str) -> Option<()>,
+    mut member: impl FnMut(&mut Scanner<'a, E>, &'a str) -> Option<()>,
 ) -> Option<()> {
     if text.len() > limits.max_message_bytes {
         return None;
@@ -140,12 +140,30 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-struct Scanner<'a> {
+/// Reads `text` from `i`: plain JSON, or (`E`) the escaped form of a SockJS frame's string
+/// ([`Escaped`](crate::sockjs::Escaped)), where the JSON's quotes are `\"`. In the escaped
+/// form only strings without escapes of their own are read (`\\` in the text): anything
+/// else returns `None`, and the caller unescapes the message and reads it plain.
+struct Scanner<'a, const E: bool> {
     text: &'a str,
     i: usize,
 }
 
-impl<'a> Scanner<'a> {
+impl<'a, const E: bool> Scanner<'a, E> {
+    /// Bytes a quote of the JSON text takes here.
+    const QUOTE: usize = if E { 2 } else { 1 };
+
+    /// Whether a quote of the JSON text starts at `i`.
+    #[inline(always)]
+    fn quote_at(&self, i: usize) -> bool {
+        let b = self.bytes();
+        if E {
+            b.get(i) == Some(&b'\\') && b.get(i + 1) == Some(&b'"')
+        } else {
+            b.get(i) == Some(&b'"')
+        }
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }
@@ -194,11 +212,11 @@ impl<'a> Scanner<'a> {
     #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         self.ws();
-        let b = self.bytes();
-        if b.get(self.i) != Some(&b'"') {
+        if !self.quote_at(self.i) {
             return None;
         }
-        let start = self.i + 1;
+        let b = self.bytes();
+        let start = self.i + Self::QUOTE;
         let mut i = start;
         loop {
             // A word at a time up to a quote, a backslash or a byte below 0x23; a long
@@ -215,13 +233,14 @@ impl<'a> Scanner<'a> {
                 i += first_byte(m);
             }
             match *b.get(i)? {
-                b'"' => break,
-                b'\\' => return None,
+                b'"' if !E => break,
+                b'\\' if E && b.get(i + 1) == Some(&b'"') => break,
+                b'"' | b'\\' => return None,
                 c if c < 0x20 => return None,
                 _ => i += 1,
             }
         }
-        self.i = i + 1;
+        self.i = i + Self::QUOTE;
         self.text.get(start..i)
     }
 
@@ -354,12 +373,11 @@ impl<'a> Scanner<'a> {
                 "withArgs" => o.with_args = Some(s.value()?),
                 "responseCallback" => {
                     s.ws();
-                    o.response_callback = match s.bytes().get(s.i) {
-                        Some(b'"') => Some(s.string()?),
-                        _ => {
-                            s.value()?;
-                            None
-                        }
+                    o.response_callback = if s.quote_at(s.i) {
+                        Some(s.string()?)
+                    } else {
+                        s.value()?;
+                        None
                     };
                 }
                 key => {
@@ -409,6 +427,11 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         self.skip_value()?;
         let raw = self.text.get(start..self.i)?;
+        if E && raw.contains('\\') {
+            // Quotes escaped (the only escapes `skip_value` lets through here): parsed once
+            // they are plain.
+            return serde_json::from_str(&raw.replace("\\\"", "\"")).ok();
+        }
         match raw.as_bytes() {
             b"null" => Some(Value::Null),
             b"true" => Some(Value::Bool(true)),
@@ -428,7 +451,9 @@ impl<'a> Scanner<'a> {
         loop {
             self.ws();
             match *b.get(self.i)? {
-                b'"' => self.skip_string()?,
+                b'"' if !E => self.skip_string()?,
+                b'\\' if self.quote_at(self.i) => self.skip_string()?,
+                b'"' | b'\\' => return None,
                 b'{' | b'[' => {
                     depth += 1;
                     if depth > MAX_VALUE_DEPTH {
@@ -468,19 +493,21 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Moves past a string that may hold escapes.
+    /// Moves past a string that may hold escapes (in the escaped form: none).
     fn skip_string(&mut self) -> Option<()> {
         let b = self.bytes();
-        let mut i = self.i + 1;
+        let mut i = self.i + Self::QUOTE;
         loop {
             i = unescape_run_end(b, i);
             match *b.get(i)? {
-                b'"' => break,
-                b'\\' => i += 2,
+                b'"' if !E => break,
+                b'\\' if !E => i += 2,
+                b'\\' if b.get(i + 1) == Some(&b'"') => break,
+                b'"' | b'\\' => return None,
                 _ => i += 1,
             }
         }
-        self.i = i + 1;
+        self.i = i + Self::QUOTE;
         Some(())
     }
 }
@@ -490,6 +517,7 @@ mod tests {
     use super::super::{decode_general, Incoming};
     use super::*;
 
+    use crate::sockjs::Escaped;
     use crate::test_rng::Rng;
 
     /// Index-sized draws from the shared generator.
@@ -711,7 +739,7 @@ mod tests {
     }
 
     fn scanned(text: &str, limits: &Limits) -> Option<String> {
-        request(text, limits).map(|(method, request, report)| {
+        request::<false>(text, limits).map(|(method, request, report)| {
             format!(
                 "{:?} {:?} {:?}",
                 Cow::Borrowed(method),
@@ -841,11 +869,100 @@ mod tests {
         assert!(taken > 20_000, "taken {taken}");
     }
 
+    /// Everything a decoder makes of `text`: the call, or the callback's outcome and
+    /// arguments, or the error.
+    fn summary(r: Result<Incoming<'_>, crate::dnode::DecodeError>) -> String {
+        match r {
+            Ok(Incoming::Call(c)) => format!("call {:?} {:?} {:?}", c.method, c.request, c.report),
+            Ok(Incoming::Callback(cb)) => {
+                let id = cb.id;
+                format!("callback {id} {:?}", cb.response())
+            }
+            Err(e) => format!("error {e}"),
+        }
+    }
+
+    /// `decode_escaped` of `escaped` is `decode` of its unescaped text; the escaped
+    /// reader's result, where it takes one, is the general decoder's. Returns whether the
+    /// escaped reader took it.
+    fn check_escaped(escaped: &str, limits: &Limits) -> bool {
+        let mut plain = String::new();
+        let mut scratch = String::new();
+        let got = summary(super::super::decode_escaped(escaped, &mut scratch, limits));
+        if crate::sockjs::unescape_into(escaped, &mut plain).is_err() {
+            assert!(got.starts_with("error cannot unescape"), "{escaped}: {got}");
+            return false;
+        }
+        assert_eq!(
+            got,
+            summary(super::super::decode(&plain, limits)),
+            "{escaped}"
+        );
+        let Some((method, request, report)) = request::<true>(escaped, limits) else {
+            return false;
+        };
+        let fast = format!(
+            "{:?} {:?} {:?}",
+            Cow::Borrowed(method),
+            Ok::<_, ()>(request),
+            report
+        );
+        assert_eq!(Some(fast), general(&plain, limits), "{escaped}");
+        true
+    }
+
+    #[test]
+    fn reads_the_escaped_form_as_the_unescaped_text() {
+        let limits = Limits::default();
+        let mut rng = Rng(0x5eed_1234_abcd_0002);
+        let (mut taken, mut plain_taken) = (0, 0);
+        for round in 0..20_000 {
+            let text = if round % 2 == 0 {
+                generated(&mut rng)
+            } else {
+                generated_response(&mut rng)
+            };
+            let escaped = Escaped::new(&text);
+            let e = escaped.as_str();
+            check_escaped(e, &limits);
+            // Compact, as peers send it (whitespace would be escaped, `\n`, and such a
+            // text is read the plain way): whatever the plain reader takes without other
+            // escapes than quotes, the escaped one takes too.
+            if let Ok(compact) = serde_json::from_str::<Value>(&text).map(|v| v.to_string()) {
+                let escaped = Escaped::new(&compact);
+                let c = escaped.as_str();
+                if check_escaped(c, &limits) {
+                    taken += 1;
+                }
+                if scanned(&compact, &limits).is_some() && !c.replace("\\\"", "").contains('\\') {
+                    plain_taken += 1;
+                    assert!(request::<true>(c, &limits).is_some(), "round {round}: {c}");
+                }
+            }
+            // Mutations of the escaped form: quotes losing or gaining a backslash among them.
+            for _ in 0..3 {
+                let m = mutated(&mut rng, e, &['\\', '"', '{', '}', ',', ':', ' ', 'x']);
+                check_escaped(&m, &limits);
+            }
+        }
+        assert!(
+            taken * 20 > 20_000 && taken == plain_taken,
+            "{taken} {plain_taken}"
+        );
+        // Too large escaped but not unescaped: decoded the general way, within the limit.
+        let usual = r#"{"method":"a","arguments":[{"withArgs":[1]}],"callbacks":{}}"#;
+        let limits = Limits {
+            max_message_bytes: usual.len(),
+            ..Limits::default()
+        };
+        assert!(!check_escaped(Escaped::new(usual).as_str(), &limits));
+    }
+
     #[test]
     fn takes_the_usual_request_and_leaves_the_rest() {
         let limits = Limits::default();
         let usual = r#"{"method":"square","arguments":[{"authentication":{"type":"token","key":"abc"},"kite":{"username":"u","environment":"e","name":"n","version":"1","region":"r","hostname":"h","id":"i"},"responseCallback":"[Function]","withArgs":[4]}],"callbacks":{"0":[0,"responseCallback"]},"links":[]}"#;
-        let (method, req, report) = request(usual, &limits).expect("usual shape");
+        let (method, req, report) = request::<false>(usual, &limits).expect("usual shape");
         assert_eq!(method, "square");
         assert_eq!(req.kite.hostname, "h");
         assert_eq!(req.authentication.as_ref().map(|a| &*a.key), Some("abc"));
@@ -864,20 +981,25 @@ mod tests {
             r#"{"method":"a","arguments":[{},{}]}"#,
             r#"{"method":"a","arguments":[{}]} x"#,
         ] {
-            assert_eq!(request(other, &limits).map(|r| r.0), None, "{other}");
+            assert_eq!(
+                request::<false>(other, &limits).map(|r| r.0),
+                None,
+                "{other}"
+            );
         }
         let small = Limits {
             max_message_bytes: 10,
             ..Limits::default()
         };
-        assert!(request(usual, &small).is_none());
+        assert!(request::<false>(usual, &small).is_none());
         // Nested deeper than the reader goes: left to the general decoder.
         let deep = format!(
             r#"{{"method":"a","arguments":[{{"withArgs":{}1{}}}]}}"#,
             "[".repeat(40),
             "]".repeat(40)
         );
-        assert!(request(&deep, &limits).is_none());
+        assert!(request::<false>(&deep, &limits).is_none());
+        assert!(request::<true>(&deep, &limits).is_none());
         assert!(general(&deep, &limits).is_some());
         // Bad input: never a panic here, and the general decoder gives the error.
         let very_deep = format!(
@@ -897,7 +1019,8 @@ mod tests {
             "{\"method\":\"a\u{1}\",\"arguments\":[{}]}",
             very_deep.as_str(),
         ] {
-            assert!(request(bad, &limits).is_none(), "{bad:.80}");
+            assert!(request::<false>(bad, &limits).is_none(), "{bad:.80}");
+            assert!(request::<true>(bad, &limits).is_none(), "{bad:.80}");
             assert!(response(bad, &limits).is_none(), "{bad:.80}");
             assert!(super::super::decode(bad, &limits).is_err(), "{bad:.80}");
         }
