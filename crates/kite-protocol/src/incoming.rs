@@ -205,30 +205,50 @@ pub struct IncomingCallback<'a> {
     parts: Parts<'a>,
     limits: &'a Limits,
     text: &'a str,
+    /// `text` is in the escaped form ([`decode_escaped`]).
+    escaped: bool,
 }
 
 impl IncomingCallback<'_> {
     /// The arguments for a function the receiver passed, with callbacks installed and
     /// links applied (as [`Message::unscrub`]).
     pub fn arguments(mut self) -> Result<(Vec<Value>, UnscrubReport), DecodeError> {
+        if self.escaped {
+            // Read as a response from the escaped form: read again from the plain text.
+            let mut plain = String::with_capacity(self.text.len());
+            crate::sockjs::unescape_into(self.text, &mut plain)?;
+            return arguments_of(self.id, decode_parts(&plain, self.limits)?, self.limits);
+        }
         if self.parts.early.is_some() {
             // Decoded as a response while parsing: read the arguments again as a tree.
             self.parts = decode_parts(self.text, self.limits)?;
         }
-        let mut msg = Message {
-            method: Method::Callback(self.id),
-            arguments: self.parts.arguments_value()?,
-            callbacks: self.parts.callbacks,
-            links: self.parts.links,
-        };
-        let report = msg.unscrub(self.limits);
-        let args = match msg.arguments {
-            Value::Array(a) => a,
-            other => vec![other],
-        };
-        Ok((args, report))
+        arguments_of(self.id, self.parts, self.limits)
     }
+}
 
+/// The arguments of callback `id` from its decoded `parts` (see
+/// [`IncomingCallback::arguments`]).
+fn arguments_of(
+    id: u64,
+    parts: Parts<'_>,
+    limits: &Limits,
+) -> Result<(Vec<Value>, UnscrubReport), DecodeError> {
+    let mut msg = Message {
+        method: Method::Callback(id),
+        arguments: parts.arguments_value()?,
+        callbacks: parts.callbacks,
+        links: parts.links,
+    };
+    let report = msg.unscrub(limits);
+    let args = match msg.arguments {
+        Value::Array(a) => a,
+        other => vec![other],
+    };
+    Ok((args, report))
+}
+
+impl IncomingCallback<'_> {
     /// The outcome of a call, read as [`decode_response`] reads it. A `{"error", "result"}`
     /// response without callbacks is decoded without a JSON tree around the result.
     pub fn response(mut self) -> Result<(Result<Value, KiteError>, UnscrubReport), DecodeError> {
@@ -240,6 +260,10 @@ impl IncomingCallback<'_> {
             if let Some(outcome) = outcome.take() {
                 return Ok((outcome, UnscrubReport::default()));
             }
+        }
+        if self.escaped {
+            let (args, report) = self.arguments()?;
+            return Ok((decode_response(Value::Array(args)), report));
         }
         if self.parts.early.is_some() {
             // Another shape, or callbacks to install: read the arguments as a tree.
@@ -268,27 +292,37 @@ pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, Dec
             report,
         }));
     }
-    if let Some((id, outcome)) = scan::response(text, limits) {
-        return Ok(Incoming::Callback(IncomingCallback {
-            id,
-            parts: Parts {
-                method: PartsMethod::Callback(id),
-                arguments: None,
-                early: Some(Early::Response(Some(outcome))),
-                callbacks: Default::default(),
-                links: Vec::new(),
-            },
-            limits,
-            text,
-        }));
+    if let Some(callback) = scanned_response::<false>(text, limits) {
+        return Ok(Incoming::Callback(callback));
     }
     decode_general(text, limits)
 }
 
+/// The usual response, read by hand (from the escaped form if `E`).
+fn scanned_response<'a, const E: bool>(
+    text: &'a str,
+    limits: &'a Limits,
+) -> Option<IncomingCallback<'a>> {
+    let (id, outcome) = scan::response::<E>(text, limits)?;
+    Some(IncomingCallback {
+        id,
+        parts: Parts {
+            method: PartsMethod::Callback(id),
+            arguments: None,
+            early: Some(Early::Response(Some(outcome))),
+            callbacks: Default::default(),
+            links: Vec::new(),
+        },
+        limits,
+        text,
+        escaped: E,
+    })
+}
+
 /// [`decode`] for a message in the escaped form of a SockJS frame's string
 /// ([`Escaped`](crate::sockjs::Escaped), as [`split_messages`](crate::sockjs::split_messages)
-/// gives them): the usual request is read from that form as it is, its quotes being `\"`,
-/// which saves unescaping it first; anything else is unescaped into `scratch` and decoded
+/// gives them): the usual request and response are read from that form as they are,
+/// their quotes being `\"`, which saves unescaping them first; anything else is unescaped into `scratch` and decoded
 /// from there. The result is always [`decode`]'s of the unescaped text.
 ///
 /// ```
@@ -320,7 +354,11 @@ pub fn decode_escaped<'a>(
             report,
         }));
     }
+    if let Some(callback) = scanned_response::<true>(escaped, limits) {
+        return Ok(Incoming::Callback(callback));
+    }
     scratch.clear();
+    scratch.reserve(escaped.len());
     crate::sockjs::unescape_into(escaped, scratch)?;
     decode(scratch, limits)
 }
@@ -352,6 +390,7 @@ fn decode_general<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>,
                     parts,
                     limits,
                     text,
+                    escaped: false,
                 }));
             }
             // A repeated `method` key changed its kind: read everything again.
@@ -374,6 +413,7 @@ fn from_parts<'a>(
                 parts,
                 limits,
                 text,
+                escaped: false,
             }))
         }
         PartsMethod::Name(ref n) => n.clone(),

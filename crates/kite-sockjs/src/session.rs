@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use crate::queue::{self, Rx, TrySendError, Tx};
 pub use kite_protocol::sockjs::Escaped;
+use kite_protocol::sockjs::FrameError;
 
 /// Which transport carries a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,6 +139,27 @@ pub enum Outbound {
         /// Close reason.
         reason: String,
     },
+}
+
+/// One received message, in the form the transport had it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// The message (a dnode JSON text).
+    Text(String),
+    /// The message as the body of the JSON string a SockJS frame carried it in, not yet
+    /// unescaped ([`Escaped`]): a reader that understands this form (the kite runtime's
+    /// decoder) saves a pass; [`Received::into_text`] unescapes it.
+    Escaped(Escaped),
+}
+
+impl Received {
+    /// The message text, unescaped if need be.
+    pub fn into_text(self) -> Result<String, FrameError> {
+        match self {
+            Received::Text(text) => Ok(text),
+            Received::Escaped(e) => e.to_plain(),
+        }
+    }
 }
 
 /// Why a message could not be queued.
@@ -269,12 +291,26 @@ impl SessionSender {
 /// Yields incoming messages in arrival order; `None` once the session has ended.
 #[derive(Debug)]
 pub struct SessionReceiver {
-    rx: Rx<String>,
+    rx: Rx<Received>,
 }
 
 impl SessionReceiver {
     /// The next incoming message, or `None` when the session has ended.
     pub async fn recv(&mut self) -> Option<String> {
+        loop {
+            match self.rx.recv().await?.into_text() {
+                Ok(text) => return Some(text),
+                // Transports check what they hand over as escaped; cannot happen.
+                Err(e) => {
+                    tracing::error!(error = %e, "sockjs: dropping a message that does not unescape")
+                }
+            }
+        }
+    }
+
+    /// The next incoming message in the form the transport had it (see [`Received`]), or
+    /// `None` when the session has ended.
+    pub async fn recv_message(&mut self) -> Option<Received> {
         self.rx.recv().await
     }
 
@@ -288,7 +324,7 @@ impl SessionReceiver {
 #[derive(Debug)]
 pub struct TransportSide {
     outbound: Rx<Outbound>,
-    inbound: Tx<String>,
+    inbound: Tx<Received>,
     info: Arc<SessionInfo>,
 }
 
@@ -341,6 +377,11 @@ impl TransportSide {
 
     /// Delivers one incoming message, waiting while the receiver's queue is full.
     pub async fn deliver(&self, message: String) -> Result<(), ReceiverGone> {
+        self.deliver_received(Received::Text(message)).await
+    }
+
+    /// [`TransportSide::deliver`] for a message in either form.
+    pub async fn deliver_received(&self, message: Received) -> Result<(), ReceiverGone> {
         self.inbound.send(message).await.map_err(|_| ReceiverGone)
     }
 
@@ -368,12 +409,17 @@ impl TransportSide {
 /// Delivers incoming messages of one session; see [`TransportSide::deliverer`].
 #[derive(Debug, Clone)]
 pub struct Deliverer {
-    inbound: Tx<String>,
+    inbound: Tx<Received>,
 }
 
 impl Deliverer {
     /// Delivers one incoming message, waiting while the receiver's queue is full.
     pub async fn deliver(&self, message: String) -> Result<(), ReceiverGone> {
+        self.deliver_received(Received::Text(message)).await
+    }
+
+    /// [`Deliverer::deliver`] for a message in either form.
+    pub async fn deliver_received(&self, message: Received) -> Result<(), ReceiverGone> {
         self.inbound.send(message).await.map_err(|_| ReceiverGone)
     }
 

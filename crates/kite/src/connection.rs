@@ -37,7 +37,7 @@ use crate::settings::Limits;
 use kite_protocol::dnode::{self, Callbacks, Message, Method};
 use kite_protocol::{envelope, incoming, RequestId};
 use kite_sockjs::session::{
-    Escaped, Role, SendError, Session, SessionInfo, SessionReceiver, SessionSender,
+    Escaped, Received, Role, SendError, Session, SessionInfo, SessionReceiver, SessionSender,
 };
 
 /// Extra keys of a request's options object, sent next to `withArgs` (e.g. a deadline or
@@ -714,8 +714,16 @@ impl ConnShared {
     /// Decodes and routes one incoming message without awaiting: responses are delivered
     /// here; anything that has to wait is returned as a boxed future, so the read loop's
     /// own future stays small while the connection is idle.
-    fn dispatch(self: &Arc<Self>, text: String) -> Next {
-        match incoming::decode(&text, &self.limits.protocol) {
+    fn dispatch(self: &Arc<Self>, message: Received) -> Next {
+        // Where an escaped message that the escaped reader does not take is unescaped.
+        let mut scratch = String::new();
+        let decoded = match &message {
+            Received::Text(text) => incoming::decode(text, &self.limits.protocol),
+            Received::Escaped(escaped) => {
+                incoming::decode_escaped(escaped.as_str(), &mut scratch, &self.limits.protocol)
+            }
+        };
+        match decoded {
             Ok(incoming::Incoming::Callback(cb)) => self.dispatch_callback(cb),
             // By reference: the decoded values are large, and moving them costs copies.
             Ok(incoming::Incoming::Call(mut call)) => self.dispatch_call(&mut call),
@@ -1081,11 +1089,11 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
         }
         let msg = tokio::select! {
             biased;
-            m = rx.recv() => m,
+            m = rx.recv_message() => m,
             _ = &mut closed => break,
         };
-        let Some(text) = msg else { break };
-        match conn.dispatch(text) {
+        let Some(message) = msg else { break };
+        match conn.dispatch(message) {
             Next::Done => {}
             Next::Handler(mut handler) => {
                 let pending = std::future::poll_fn(|cx| {

@@ -73,11 +73,14 @@ pub(super) fn request<'a, const E: bool>(
 /// The response `{"method":7,"arguments":[{"error":...,"result":...}],"callbacks":{}}`
 /// (keys in any order, `links` empty if present, no other keys): the callback id and the
 /// outcome, read as the general decoder's `response` reads it.
-pub(super) fn response(text: &str, limits: &Limits) -> Option<(u64, Result<Value, KiteError>)> {
+pub(super) fn response<const E: bool>(
+    text: &str,
+    limits: &Limits,
+) -> Option<(u64, Result<Value, KiteError>)> {
     let mut id = None;
     let mut outcome = None;
     let mut callbacks = false;
-    envelope::<false>(text, limits, |s, key| {
+    envelope::<E>(text, limits, |s, key| {
         match key {
             "method" if id.is_none() => id = Some(s.id()?),
             "arguments" if outcome.is_none() => {
@@ -856,7 +859,7 @@ mod tests {
                 texts.push(mutated(&mut rng, &text, &replacements));
             }
             for t in &texts {
-                if response(t, &limits).is_some() {
+                if response::<false>(t, &limits).is_some() {
                     taken += 1;
                     assert_eq!(
                         callback_outcome(t, &limits, super::super::decode),
@@ -915,7 +918,7 @@ mod tests {
     fn reads_the_escaped_form_as_the_unescaped_text() {
         let limits = Limits::default();
         let mut rng = Rng(0x5eed_1234_abcd_0002);
-        let (mut taken, mut plain_taken) = (0, 0);
+        let (mut taken, mut plain_taken, mut responses) = (0, 0, 0);
         for round in 0..20_000 {
             let text = if round % 2 == 0 {
                 generated(&mut rng)
@@ -934,9 +937,14 @@ mod tests {
                 if check_escaped(c, &limits) {
                     taken += 1;
                 }
-                if scanned(&compact, &limits).is_some() && !c.replace("\\\"", "").contains('\\') {
+                let only_quotes = !c.replace("\\\"", "").contains('\\');
+                if scanned(&compact, &limits).is_some() && only_quotes {
                     plain_taken += 1;
                     assert!(request::<true>(c, &limits).is_some(), "round {round}: {c}");
+                }
+                if response::<false>(&compact, &limits).is_some() && only_quotes {
+                    responses += 1;
+                    assert!(response::<true>(c, &limits).is_some(), "round {round}: {c}");
                 }
             }
             // Mutations of the escaped form: quotes losing or gaining a backslash among them.
@@ -949,6 +957,7 @@ mod tests {
             taken * 20 > 20_000 && taken == plain_taken,
             "{taken} {plain_taken}"
         );
+        assert!(responses * 20 > 20_000, "{responses}");
         // Too large escaped but not unescaped: decoded the general way, within the limit.
         let usual = r#"{"method":"a","arguments":[{"withArgs":[1]}],"callbacks":{}}"#;
         let limits = Limits {
@@ -1021,17 +1030,18 @@ mod tests {
         ] {
             assert!(request::<false>(bad, &limits).is_none(), "{bad:.80}");
             assert!(request::<true>(bad, &limits).is_none(), "{bad:.80}");
-            assert!(response(bad, &limits).is_none(), "{bad:.80}");
+            assert!(response::<false>(bad, &limits).is_none(), "{bad:.80}");
+            assert!(response::<true>(bad, &limits).is_none(), "{bad:.80}");
             assert!(super::super::decode(bad, &limits).is_err(), "{bad:.80}");
         }
 
         let usual = r#"{"method":17,"arguments":[{"error":null,"result":16}],"callbacks":{}}"#;
-        let (id, outcome) = response(usual, &limits).expect("usual response");
+        let (id, outcome) = response::<false>(usual, &limits).expect("usual response");
         assert_eq!((id, outcome.ok()), (17, Some(serde_json::json!(16))));
         let failed =
             r#"{"method":1,"arguments":[{"error":{"type":"x","message":"m"},"result":null}]}"#;
         assert_eq!(
-            response(failed, &limits)
+            response::<false>(failed, &limits)
                 .and_then(|r| r.1.err())
                 .map(|e| e.message),
             Some("m".to_string())
@@ -1042,7 +1052,7 @@ mod tests {
             r#"{"method":1,"arguments":[{}]}"#,
             r#"{"method":1,"arguments":[{"result":1,"extra":2}]}"#,
         ] {
-            assert!(response(other, &limits).is_none(), "{other}");
+            assert!(response::<false>(other, &limits).is_none(), "{other}");
         }
     }
 }

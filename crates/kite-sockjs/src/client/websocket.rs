@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
-use kite_protocol::sockjs::{decode_server_frame, ServerFrame};
+use kite_protocol::sockjs::{decode_server_frame, split_messages, ServerFrame};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -14,7 +14,7 @@ use super::net::{connect_stream, MaybeTlsStream, Target};
 use super::{session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
 use crate::adaptive_read::{AdaptiveRead, ReleaseRequest};
 use crate::frames::encode_frames;
-use crate::session::{Deliverer, Role, Session, SessionInfo, Transport, TransportSide};
+use crate::session::{Deliverer, Received, Role, Session, SessionInfo, Transport, TransportSide};
 use crate::ws_failure::WsFailure;
 
 type Ws = WebSocketStream<AdaptiveRead<MaybeTlsStream>>;
@@ -191,6 +191,8 @@ async fn read_loop(
     release: &ReleaseRequest,
 ) -> Ended {
     let close = |why: &str| Ended::Close(why.to_string());
+    // A frame's messages in the escaped form (reused).
+    let mut split = Vec::new();
     loop {
         let message = tokio::select! {
             m = stream.next() => m,
@@ -209,12 +211,29 @@ async fn read_loop(
             }
             Some(Ok(_)) => continue, // ping / pong: handled by tungstenite
         };
+        // The usual `a[...]` frame: its messages are handed over escaped.
+        if let Some(array) = text.as_str().strip_prefix('a') {
+            if split_messages(array, &mut split).is_some() {
+                for message in split.drain(..) {
+                    if inbound
+                        .deliver_received(Received::Escaped(message))
+                        .await
+                        .is_err()
+                    {
+                        return close("the receiver was dropped");
+                    }
+                    pending.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+        }
         match decode_server_frame(text.as_str()) {
             Ok(ServerFrame::Open) => {}
             Ok(ServerFrame::Heartbeat) => {
                 // Like the server on its heartbeat: a burst's read buffer is given back
                 // now rather than over the next small reads (one per heartbeat).
                 release.request();
+                split = Vec::new();
             }
             Ok(ServerFrame::Messages(messages)) => {
                 // One at a time (not all at once): the user's task starts on the first

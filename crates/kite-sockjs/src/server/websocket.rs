@@ -32,7 +32,7 @@ use super::{SessionSlot, Shared};
 use crate::adaptive_read::AdaptiveRead;
 use crate::frames::encode_frames;
 use crate::session::{
-    Outbound, ReceiverGone, Role, Session, SessionInfo, Transport, TransportSide,
+    Escaped, Outbound, Received, ReceiverGone, Role, Session, SessionInfo, Transport, TransportSide,
 };
 use crate::ws_failure::WsFailure;
 
@@ -493,6 +493,23 @@ async fn write<I: FrameIo>(io: &mut I, frames: &mut Vec<Utf8Bytes>, p: &Params) 
     }
 }
 
+/// Appends the messages of a client frame to `out`: in the escaped form when the frame is
+/// in the usual shape (`split` is scratch space), else unescaped (or the frame's error).
+fn client_frame_messages(
+    frame: &str,
+    split: &mut Vec<Escaped>,
+    out: &mut Vec<Received>,
+) -> Result<(), sockjs::FrameError> {
+    if sockjs::split_messages(frame, split).is_some() {
+        out.extend(split.drain(..).map(Received::Escaped));
+        return Ok(());
+    }
+    let mut plain = Vec::new();
+    sockjs::decode_client_frame_into(frame, &mut plain)?;
+    out.extend(plain.into_iter().map(Received::Text));
+    Ok(())
+}
+
 /// Moves the messages of `batch` (up to a close request) into `frames`: one `a[...]`
 /// frame (SockJS, encoded in `buf`) or one text frame per message (raw). Returns the
 /// close request.
@@ -539,7 +556,9 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
         let deliverer = side.deliverer();
         // The messages of the last frame not yet delivered, last first (`delivering`
         // delivers them one at a time; the socket is not read meanwhile).
-        let mut incoming: Vec<String> = Vec::new();
+        let mut incoming: Vec<Received> = Vec::new();
+        // A frame's messages in the escaped form (reused).
+        let mut split: Vec<Escaped> = Vec::new();
         let delivering = Fuse::terminated();
         tokio::pin!(delivering);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + p.heartbeat, p.heartbeat);
@@ -579,27 +598,30 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                     }
                     pending = pending.saturating_add(1);
                     match incoming.pop() {
-                        Some(m) => delivering.set(deliverer.deliver(m).fuse()),
+                        Some(m) => delivering.set(deliverer.deliver_received(m).fuse()),
                         // Don't keep the decoded frame's storage while idle.
-                        None => incoming = Vec::new(),
+                        None => {
+                            incoming = Vec::new();
+                            split = Vec::new();
+                        }
                     }
                 }
                 received = io.recv(), if delivering.is_terminated() => match received {
                     Recv::Text(text) => {
                         if p.sockjs {
-                            if let Err(e) = sockjs::decode_client_frame_into(&text, &mut incoming) {
+                            if let Err(e) = client_frame_messages(&text, &mut split, &mut incoming) {
                                 tracing::warn!(error = %e, "sockjs: malformed frame from a WebSocket client, closing the session");
                                 break End::Fail(1007, "Broken framing.");
                             }
                         } else {
-                            incoming.push(text.to_string());
+                            incoming.push(Received::Text(text.to_string()));
                         }
                         drop(text);
                         // Delivered one at a time (from the end), so that answers to the
                         // first can be written while the rest are delivered.
                         incoming.reverse();
                         if let Some(m) = incoming.pop() {
-                            delivering.set(deliverer.deliver(m).fuse());
+                            delivering.set(deliverer.deliver_received(m).fuse());
                         }
                     }
                     Recv::Closed => break End::Gone,
@@ -632,6 +654,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
                     if incoming.is_empty() {
                         incoming = Vec::new();
                     }
+                    split = Vec::new();
                 }
                 _ = deliverer.receiver_closed(), if delivering.is_terminated() => break End::ReceiverGone,
             }
