@@ -361,19 +361,23 @@ fn split_messages_into(text: &str, out: &mut Vec<Escaped>) -> Option<()> {
 /// body has only short escapes (no `\\u`) and no control characters.
 fn string_body_end(b: &[u8], start: usize) -> Option<usize> {
     let mut i = start;
+    // Where the current run without stops began: a whole message is one string here, so
+    // only a long run (a token) goes on in blocks, not every word after the first few.
+    let mut run = start;
     loop {
         // As when unescaping: a word at a time, the rest of a long run in blocks.
         if let Some(v) = word_at(b, i) {
             let m = unescape_stops(v);
             if m == 0 {
                 i += 8;
-                if i - start >= 24 {
+                if i - run >= 24 {
                     i = unescape_run_end(b, i);
                 }
                 continue;
             }
             i += first_byte(m);
         }
+        run = i + 1;
         match *b.get(i)? {
             b'"' => return Some(i),
             b'\\' => {
@@ -390,6 +394,7 @@ fn string_body_end(b: &[u8], start: usize) -> Option<usize> {
 /// Runs without escapes are copied whole; a `\\u` escape and what follows it are left to
 /// `serde_json`.
 pub fn unescape_into(body: &str, out: &mut String) -> Result<(), FrameError> {
+    out.reserve(body.len());
     let b = body.as_bytes();
     let mut run = 0;
     let mut i = 0;
