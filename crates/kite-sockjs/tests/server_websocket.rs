@@ -431,3 +431,46 @@ async fn large_messages_cross_the_small_read_buffer() {
     assert_eq!(msgs, [big]);
     println!("1 MB echo over SockJS WebSocket: {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn messages_travel_escaped_where_frames_carry_them() {
+    use kite_sockjs::session::{Escaped, Received};
+    let (on_session, mut sessions) = capture();
+    let addr = start(config(), on_session).await;
+    let mut ws = ws_connect(addr, &ws_path(&sid())).await;
+    let (tx, mut rx) = next_session(&mut sessions).await.split();
+    assert!(tx.frames_escaped());
+    assert_eq!(ws_text(&mut ws).await, "o");
+    // Sent escaped: the frame a plain message makes.
+    tx.send_escaped(Escaped::new("{\"m\":\"\u{2028}\"}"))
+        .await
+        .unwrap();
+    assert_eq!(ws_text(&mut ws).await, "a[\"{\\\"m\\\":\\\"\\u2028\\\"}\"]");
+    // A frame in the usual shape arrives escaped, as the client wrote it.
+    ws_send(&mut ws, r#"["{\"a\":\"b\\\\c\"}","x"]"#).await;
+    match rx.recv_message().await {
+        Some(Received::Escaped(e)) => {
+            assert_eq!(e.as_str(), r#"{\"a\":\"b\\\\c\"}"#);
+            assert_eq!(e.to_plain().unwrap(), r#"{"a":"b\\c"}"#);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(rx.recv_message().await, Some(Received::Escaped(e)) if e.as_str() == "x"));
+    // `\u` escapes are unescaped by the transport; `recv` unescapes either form.
+    ws_send(&mut ws, r#"["\u0041"]"#).await;
+    assert_eq!(rx.recv_message().await, Some(Received::Text("A".into())));
+    ws_send(&mut ws, r#"["{\"k\":1}"]"#).await;
+    assert_eq!(rx.recv().await.as_deref(), Some(r#"{"k":1}"#));
+    // A malformed frame still closes the session (1007, as before).
+    ws_send(&mut ws, r#"["ok","bad\x"]"#).await;
+    assert_eq!(rx.recv().await, None);
+
+    // Raw WebSocket: no frames, so an escaped message is sent unescaped.
+    let mut ws = ws_connect(addr, "/echo/websocket").await;
+    let (tx, _rx) = next_session(&mut sessions).await.split();
+    assert!(!tx.frames_escaped());
+    tx.send_escaped(Escaped::new("{\"m\":\"\u{2028}\"}"))
+        .await
+        .unwrap();
+    assert_eq!(ws_text(&mut ws).await, "{\"m\":\"\u{2028}\"}");
+}
