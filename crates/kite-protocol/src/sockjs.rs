@@ -194,6 +194,17 @@ thread_local! {
 const SCRATCH_KEEP: usize = 256 << 10;
 
 fn string_array_with(text: &str, out: &mut Vec<String>, scratch: &mut Vec<u8>) -> Option<()> {
+    walk_string_array(text, |start| {
+        let (string, next) = fast_string_with(text, start, scratch)?;
+        out.push(string);
+        Some(next)
+    })
+}
+
+/// Walks a JSON array of strings (JSON whitespace around its tokens), the whole `text`:
+/// `string` reads the string whose body starts at the index it is given and returns the
+/// index after its closing quote, or `None` to give up.
+fn walk_string_array(text: &str, mut string: impl FnMut(usize) -> Option<usize>) -> Option<()> {
     let b = text.as_bytes();
     let skip_ws = |mut i: usize| {
         while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
@@ -213,9 +224,7 @@ fn string_array_with(text: &str, out: &mut Vec<String>, scratch: &mut Vec<u8>) -
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let (string, next) = fast_string_with(text, i + 1, scratch)?;
-        out.push(string);
-        i = skip_ws(next);
+        i = skip_ws(string(i + 1)?);
         match b.get(i)? {
             b',' => i = skip_ws(i + 1),
             b']' => return (skip_ws(i + 1) == b.len()).then_some(()),
@@ -328,33 +337,11 @@ pub fn split_messages(text: &str, out: &mut Vec<Escaped>) -> Option<()> {
 
 fn split_messages_into(text: &str, out: &mut Vec<Escaped>) -> Option<()> {
     let b = text.as_bytes();
-    let skip_ws = |mut i: usize| {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
-            i += 1;
-        }
-        i
-    };
-    let mut i = skip_ws(0);
-    if b.get(i) != Some(&b'[') {
-        return None;
-    }
-    i = skip_ws(i + 1);
-    if b.get(i) == Some(&b']') {
-        return (skip_ws(i + 1) == b.len()).then_some(());
-    }
-    loop {
-        if b.get(i) != Some(&b'"') {
-            return None;
-        }
-        let end = string_body_end(b, i + 1)?;
-        out.push(Escaped(b[i + 1..end].to_vec()));
-        i = skip_ws(end + 1);
-        match b.get(i)? {
-            b',' => i = skip_ws(i + 1),
-            b']' => return (skip_ws(i + 1) == b.len()).then_some(()),
-            _ => return None,
-        }
-    }
+    walk_string_array(text, |start| {
+        let end = string_body_end(b, start)?;
+        out.push(Escaped(b[start..end].to_vec()));
+        Some(end + 1)
+    })
 }
 
 /// The index of the quote that ends the JSON string whose body starts at `start`, if the
