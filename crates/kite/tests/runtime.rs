@@ -36,7 +36,9 @@ async fn square_echo_and_errors() {
         );
 
         // Many argument shapes come back unchanged.
-        let shapes = json!([1, "two", {"three": 3}, [4], null, true, 1.5, "ü\u{2028}<&>"]);
+        // (Quotes and backslashes, dense and across 32-byte blocks, for the escaped forms.)
+        let shapes = json!([1, "two", {"three": 3}, [4], null, true, 1.5, "ü\u{2028}<&>",
+            "a\"b\\c\\\"", "\"".repeat(40), "\\".repeat(33), {"k\"": ["\\\""]}]);
         let r = c.tell("echo", &shapes).await.unwrap();
         assert_eq!(r.value(), &shapes);
         assert_eq!(c.tell("echo", &()).await.unwrap().value(), &json!([]));
