@@ -490,7 +490,7 @@ impl ConnShared {
         }
         // Taken once; the sweeper frees the response callback at this instant.
         let deadline = timeout.and_then(|d| Instant::now().checked_add(d));
-        if deadline.is_some() {
+        if deadline.is_some() && !self.sweeper.is_started() {
             self.start_sweeper();
         }
         let (tx, rx) = oneshot::channel();
@@ -541,10 +541,11 @@ impl ConnShared {
 
     /// Spawns the connection's deadline sweeper unless it runs already. It holds the
     /// connection weakly and ends with it.
+    #[cold]
     fn start_sweeper(self: &Arc<Self>) {
-        if let Some(wake) = self.sweeper.start() {
+        if let Some(running) = self.sweeper.start() {
             let conn = self.weak();
-            tokio::spawn(deadlines::run(wake, self.closed.clone(), move |now| {
+            tokio::spawn(deadlines::run(running, self.closed.clone(), move |now| {
                 let conn = conn.upgrade()?;
                 let (expired, next) = lock(&conn.table).expire(now);
                 // Their calls fail with `timeout`.
@@ -556,6 +557,7 @@ impl ConnShared {
 
     /// Records `deadline` for the pending call `id` (table locked), waking the sweeper if
     /// it is the earliest.
+    #[inline]
     fn track_deadline(&self, table: &mut Table, id: u64, deadline: Option<Instant>) {
         if let Some(at) = deadline {
             if table.add_deadline(id, at) {

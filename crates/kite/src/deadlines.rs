@@ -79,25 +79,47 @@ impl Deadlines {
     }
 }
 
+/// What a connection and its sweeper share.
+#[derive(Default)]
+struct Signals {
+    /// A sweeper task exists.
+    started: AtomicBool,
+    wake: Notify,
+}
+
 /// The connection's side of its sweeper: whether it runs, and how to wake it.
 #[derive(Default)]
-pub(crate) struct Sweeper {
-    started: AtomicBool,
-    wake: Arc<Notify>,
-}
+pub(crate) struct Sweeper(Arc<Signals>);
 
 impl Sweeper {
     /// Wakes the sweeper to look at an earlier deadline (a wake-up before it waits is kept).
     pub(crate) fn wake(&self) {
-        self.wake.notify_one();
+        self.0.wake.notify_one();
     }
 
-    /// The first time only: the notifier the sweeper to spawn must wait on.
-    pub(crate) fn start(&self) -> Option<Arc<Notify>> {
-        if self.started.load(Ordering::Acquire) || self.started.swap(true, Ordering::AcqRel) {
+    /// Whether a sweeper runs (checked by every call with a timeout).
+    #[inline]
+    pub(crate) fn is_started(&self) -> bool {
+        self.0.started.load(Ordering::Acquire)
+    }
+
+    /// Unless a sweeper runs: the handle of the one to spawn now.
+    pub(crate) fn start(&self) -> Option<Running> {
+        if self.0.started.swap(true, Ordering::AcqRel) {
             return None;
         }
-        Some(self.wake.clone())
+        Some(Running(self.0.clone()))
+    }
+}
+
+/// Held by a running sweeper. Dropped when it ends, or when the runtime it was spawned on
+/// shuts down and drops it (the first call with a timeout may come from a runtime that
+/// goes away before the connection does): the next call with a timeout starts another.
+pub(crate) struct Running(Arc<Signals>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.started.store(false, Ordering::Release);
     }
 }
 
@@ -105,7 +127,7 @@ impl Sweeper {
 /// passed and returns the next deadline (`None` when the connection is gone), and sleeps
 /// until that deadline or a wake-up.
 pub(crate) async fn run(
-    wake: Arc<Notify>,
+    running: Running,
     closed: CancellationToken,
     mut expire: impl FnMut(Instant) -> Option<Option<Instant>> + Send + 'static,
 ) {
@@ -123,7 +145,7 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = &mut cancelled => return,
-            _ = wake.notified() => {}
+            _ = running.0.wake.notified() => {}
             _ = &mut sleep, if next.is_some() => {}
         }
     }
@@ -211,10 +233,16 @@ mod tests {
     }
 
     #[test]
-    fn sweeper_starts_once() {
+    fn sweeper_starts_once_while_it_runs() {
         let s = Sweeper::default();
-        assert!(s.start().is_some());
+        assert!(!s.is_started());
+        let running = s.start();
+        assert!(running.is_some());
+        assert!(s.is_started());
         assert!(s.start().is_none());
+        drop(running);
+        assert!(!s.is_started(), "ended: the next call starts another");
+        assert!(s.start().is_some());
     }
 
     #[tokio::test]

@@ -313,3 +313,40 @@ async fn close_fails_pending_calls_with_disconnect_and_ends_the_sweeper() {
     );
     server.join().unwrap();
 }
+
+#[test]
+fn timeouts_still_fire_after_the_runtime_of_the_first_timed_call_is_gone() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let main = runtime();
+    let (served, _k, c) = main.block_on(async {
+        let served = serve(server_kite()).await;
+        let (k, c) = dialed(&served, 4).await;
+        (served, k, c)
+    });
+    // The connection's first call with a timeout comes from another runtime, which then
+    // shuts down (and drops every task spawned on it).
+    let other = runtime();
+    let r = other.block_on(c.tell_with_timeout("square", &(2,), Some(Duration::from_secs(5))));
+    assert_eq!(r.unwrap().as_f64(), Some(4.0));
+    drop(other);
+    main.block_on(async {
+        let started = Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.tell_with_timeout("never", &(), Some(Duration::from_millis(200))),
+        )
+        .await
+        .expect("the timeout fires")
+        .unwrap_err();
+        assert_timeout(&e, "never", "200ms");
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        c.close().await;
+        served.handle.shutdown();
+    });
+}
