@@ -16,7 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -87,28 +87,35 @@ struct Signals {
     wake: Notify,
 }
 
-/// The connection's side of its sweeper: whether it runs, and how to wake it.
+/// The connection's side of its sweeper: whether it runs, and how to wake it (allocated
+/// by the first call with a timeout: connections that never make one pay nothing).
 #[derive(Default)]
-pub(crate) struct Sweeper(Arc<Signals>);
+pub(crate) struct Sweeper(OnceLock<Arc<Signals>>);
 
 impl Sweeper {
     /// Wakes the sweeper to look at an earlier deadline (a wake-up before it waits is kept).
+    /// Calls start the sweeper before they record a deadline, so there is one to wake.
     pub(crate) fn wake(&self) {
-        self.0.wake.notify_one();
+        if let Some(s) = self.0.get() {
+            s.wake.notify_one();
+        }
     }
 
     /// Whether a sweeper runs (checked by every call with a timeout).
     #[inline]
     pub(crate) fn is_started(&self) -> bool {
-        self.0.started.load(Ordering::Acquire)
+        self.0
+            .get()
+            .is_some_and(|s| s.started.load(Ordering::Acquire))
     }
 
     /// Unless a sweeper runs: the handle of the one to spawn now.
     pub(crate) fn start(&self) -> Option<Running> {
-        if self.0.started.swap(true, Ordering::AcqRel) {
+        let signals = self.0.get_or_init(Arc::default);
+        if signals.started.swap(true, Ordering::AcqRel) {
             return None;
         }
-        Some(Running(self.0.clone()))
+        Some(Running(signals.clone()))
     }
 }
 
