@@ -20,6 +20,7 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 use tracing::{debug, warn};
@@ -27,6 +28,7 @@ use tracing::{debug, warn};
 use crate::args::{to_arguments, Args, Response};
 use crate::auth::Validity;
 use crate::callback::Function;
+use crate::deadlines::{self, Deadlines, Sweeper};
 use crate::error::KiteError;
 use crate::handler::{with_reply_scope, Authenticate, MethodEntry};
 use crate::id_hash::IdMap;
@@ -64,6 +66,12 @@ struct Table {
     entries: IdMap<LocalCallback>,
     user_order: VecDeque<u64>,
     pending: usize,
+    /// Deadlines of the pending calls that have a timeout (see [`crate::deadlines`]).
+    deadlines: Deadlines,
+}
+
+fn is_response(entries: &IdMap<LocalCallback>, id: u64) -> bool {
+    matches!(entries.get(&id), Some(LocalCallback::Response(_)))
 }
 
 impl Table {
@@ -73,6 +81,34 @@ impl Table {
             self.pending -= 1;
         }
         e
+    }
+
+    fn is_pending(&self, id: u64) -> bool {
+        is_response(&self.entries, id)
+    }
+
+    /// Records the deadline of the pending call whose response callback is `id`; returns
+    /// whether the sweeper must be woken.
+    fn add_deadline(&mut self, id: u64, at: Instant) -> bool {
+        let Table {
+            entries,
+            pending,
+            deadlines,
+            ..
+        } = self;
+        deadlines.push(at, id, *pending, |id| is_response(entries, id))
+    }
+
+    /// Removes the pending calls whose deadline is at or before `now`; returns their
+    /// response callbacks (to drop outside the lock) and the next deadline.
+    fn expire(&mut self, now: Instant) -> (Vec<LocalCallback>, Option<Instant>) {
+        let mut expired = Vec::new();
+        while let Some(id) = self.deadlines.pop_due(now) {
+            if self.is_pending(id) {
+                expired.extend(self.remove(id));
+            }
+        }
+        (expired, self.deadlines.rearm())
     }
 }
 
@@ -187,6 +223,8 @@ pub(crate) struct ConnShared {
     /// Graceful shutdown began: new requests are refused.
     is_stopping: AtomicBool,
     permits: Arc<Semaphore>,
+    /// The task expiring calls at their deadline, started by the first call with one.
+    sweeper: Sweeper,
 }
 
 impl fmt::Debug for ConnShared {
@@ -242,6 +280,7 @@ impl Connection {
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
             is_stopping: AtomicBool::new(false),
+            sweeper: Sweeper::default(),
         });
         tokio::spawn(read_loop(shared.clone(), receiver));
         Connection(shared)
@@ -462,9 +501,18 @@ impl ConnShared {
         if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
+        // Taken once; the sweeper frees the response callback at this instant.
+        let deadline = timeout.and_then(|d| Instant::now().checked_add(d));
+        if deadline.is_some() && !self.sweeper.is_started() {
+            self.start_sweeper();
+        }
         let (tx, rx) = oneshot::channel();
-        let response_id = match fields {
-            None => Some(self.send_call(method, with_args, tx, functions).await?),
+        // The response callback's id (unused here: the sweeper frees it at the deadline).
+        let _response_id = match fields {
+            None => Some(
+                self.send_call(method, with_args, tx, functions, deadline)
+                    .await?,
+            ),
             Some(fields) => {
                 let mut locals = Vec::with_capacity(functions.len() + 1);
                 locals.push(LocalCallback::Response(tx));
@@ -483,25 +531,52 @@ impl ConnShared {
                         }
                     }
                 }
-                self.send_message_ids(Method::Name(method.to_string()), arguments, locals)
-                    .await?
+                self.send_message_ids(
+                    Method::Name(method.to_string()),
+                    arguments,
+                    locals,
+                    deadline,
+                )
+                .await?
             }
         }
         .ok_or_else(|| KiteError::send("response callback was not registered"))?;
-        let arguments = match timeout {
-            None => rx.await,
-            Some(d) => match tokio::time::timeout(d, rx).await {
-                Ok(r) => r,
-                Err(_) => {
-                    lock(&self.table).remove(response_id);
-                    return Err(KiteError::timeout(method, d));
-                }
-            },
-        };
-        let Ok(outcome) = arguments else {
-            return Err(KiteError::disconnect());
+        let Ok(outcome) = rx.await else {
+            // The response callback was dropped: by the sweeper at the deadline, or when
+            // the connection ended.
+            return Err(match (timeout, deadline) {
+                (Some(d), Some(at)) if Instant::now() >= at => KiteError::timeout(method, d),
+                _ => KiteError::disconnect(),
+            });
         };
         Ok(Response::new(outcome?, self.weak()))
+    }
+
+    /// Spawns the connection's deadline sweeper unless it runs already. It holds the
+    /// connection weakly and ends with it.
+    #[cold]
+    fn start_sweeper(self: &Arc<Self>) {
+        if let Some(running) = self.sweeper.start() {
+            let conn = self.weak();
+            tokio::spawn(deadlines::run(running, self.closed.clone(), move |now| {
+                let conn = conn.upgrade()?;
+                let (expired, next) = lock(&conn.table).expire(now);
+                // Their calls fail with `timeout`.
+                drop(expired);
+                Some(next)
+            }));
+        }
+    }
+
+    /// Records `deadline` for the pending call `id` (table locked), waking the sweeper if
+    /// it is the earliest.
+    #[inline]
+    fn track_deadline(&self, table: &mut Table, id: u64, deadline: Option<Instant>) {
+        if let Some(at) = deadline {
+            if table.add_deadline(id, at) {
+                self.sweeper.wake();
+            }
+        }
     }
 
     /// Sends one message whose `arguments` may contain local-function markers indexing
@@ -512,7 +587,7 @@ impl ConnShared {
         arguments: Vec<Value>,
         locals: Vec<LocalCallback>,
     ) -> Result<(), KiteError> {
-        self.send_message_ids(method, Value::Array(arguments), locals)
+        self.send_message_ids(method, Value::Array(arguments), locals, None)
             .await
             .map(|_| ())
     }
@@ -525,6 +600,7 @@ impl ConnShared {
         method: Method,
         mut arguments: Value,
         locals: Vec<LocalCallback>,
+        deadline: Option<Instant>,
     ) -> Result<Option<u64>, KiteError> {
         if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
@@ -532,7 +608,11 @@ impl ConnShared {
         let (callbacks, registered, response_id) = {
             let mut table = lock(&self.table);
             let scrubbed = dnode::scrub(&mut arguments, &mut table.next_id);
-            self.register(&mut table, scrubbed, locals)?
+            let r = self.register(&mut table, scrubbed, locals)?;
+            if let Some(id) = r.2 {
+                self.track_deadline(&mut table, id, deadline);
+            }
+            r
         };
         let text = Message::new(method, arguments, callbacks).encode();
         if self.sender.send(text).await.is_err() {
@@ -552,6 +632,7 @@ impl ConnShared {
         with_args: Vec<Value>,
         response: oneshot::Sender<Result<Value, KiteError>>,
         functions: Vec<Function>,
+        deadline: Option<Instant>,
     ) -> Result<u64, KiteError> {
         if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
@@ -575,6 +656,7 @@ impl ConnShared {
                 table
                     .entries
                     .insert(response_id, LocalCallback::Response(response));
+                self.track_deadline(&mut table, response_id, deadline);
                 (response_id, None, Vec::new())
             } else {
                 let mut scrubbed = Vec::with_capacity(found.len() + 1);
@@ -600,6 +682,7 @@ impl ConnShared {
                 locals.push(LocalCallback::Response(response));
                 locals.extend(functions.into_iter().map(LocalCallback::User));
                 let (callbacks, registered, _) = self.register(&mut table, scrubbed, locals)?;
+                self.track_deadline(&mut table, response_id, deadline);
                 (response_id, Some(callbacks), registered)
             }
         };
@@ -1249,4 +1332,74 @@ fn panic_error(p: Box<dyn std::any::Any + Send>) -> KiteError {
     };
     warn!("handler panicked: {text}");
     KiteError::generic(text)
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    type Rx = oneshot::Receiver<Result<Value, KiteError>>;
+
+    /// Registers a call's response callback as `send_call` does, with deadline `at`.
+    fn call(table: &mut Table, at: Instant) -> (u64, Rx) {
+        let (tx, rx) = oneshot::channel();
+        let id = table.next_id;
+        table.next_id += 1;
+        table.pending += 1;
+        table.entries.insert(id, LocalCallback::Response(tx));
+        table.add_deadline(id, at);
+        (id, rx)
+    }
+
+    #[test]
+    fn expire_frees_only_the_calls_still_pending() {
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut table = Table::default();
+        let (a, mut ra) = call(&mut table, t + s);
+        let (b, _rb) = call(&mut table, t + s);
+        let (c, mut rc) = call(&mut table, t + 10 * s);
+        // `b` was answered.
+        assert!(table.remove(b).is_some());
+        assert_eq!(table.pending, 2);
+        let (expired, next) = table.expire(t + s);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(next, Some(t + 10 * s));
+        assert_eq!(table.pending, 1);
+        assert!(!table.entries.contains_key(&a));
+        assert!(table.entries.contains_key(&c));
+        assert_eq!(ra.try_recv().err(), Some(TryRecvError::Empty));
+        drop(expired);
+        assert_eq!(ra.try_recv().err(), Some(TryRecvError::Closed));
+        assert_eq!(rc.try_recv().err(), Some(TryRecvError::Empty));
+        let (expired, next) = table.expire(t + 10 * s);
+        assert_eq!((expired.len(), next, table.pending), (1, None, 0));
+    }
+
+    #[test]
+    fn heap_stays_small_at_a_high_call_rate() {
+        // 200 000 calls/s for 2 s with a 60 s timeout, 64 in flight, answered in order:
+        // the deadlines held stay within 2 × pending + 64, not 400 000.
+        let t = Instant::now();
+        let mut table = Table::default();
+        let mut in_flight = VecDeque::new();
+        let mut most = 0;
+        for n in 0..400_000u64 {
+            if in_flight.len() == 64 {
+                let id = in_flight.pop_front().unwrap_or_default();
+                assert!(table.remove(id).is_some());
+            }
+            let at = t + Duration::from_secs(60) + Duration::from_micros(n * 5);
+            let (id, _rx) = call(&mut table, at);
+            in_flight.push_back(id);
+            assert!(table.deadlines.len() <= 2 * table.pending + 64);
+            most = most.max(table.deadlines.len());
+        }
+        assert!(most <= 2 * 64 + 64, "{most}");
+        // Every call still pending keeps its deadline.
+        let (expired, _) = table.expire(t + Duration::from_secs(3600));
+        assert_eq!(expired.len(), 64);
+        assert_eq!(table.pending, 0);
+    }
 }

@@ -46,6 +46,7 @@ pub mod callback;
 pub mod client;
 pub mod config;
 pub mod connection;
+mod deadlines;
 pub mod default_methods;
 pub mod error;
 pub mod handler;
