@@ -362,16 +362,13 @@ pub fn encode_call_message(
     with_args: &Value,
     callbacks: &crate::dnode::Callbacks,
 ) -> String {
-    let mut out = plain_for(method, kite_json, auth_json);
-    call_message(
-        &mut out,
+    plain_call(
         method,
         kite_json,
         auth_json,
         with_args,
         Tail::Callbacks(callbacks),
-    );
-    out
+    )
 }
 
 /// [`encode_call_message`] for the usual call whose only callback is the response
@@ -384,16 +381,13 @@ pub fn encode_plain_call_message(
     with_args: &Value,
     response_callback: u64,
 ) -> String {
-    let mut out = plain_for(method, kite_json, auth_json);
-    call_message(
-        &mut out,
+    plain_call(
         method,
         kite_json,
         auth_json,
         with_args,
         Tail::Response(response_callback),
-    );
-    out
+    )
 }
 
 /// [`encode_call_message`] in the escaped form a SockJS frame carries: the same message as
@@ -421,16 +415,7 @@ pub fn encode_call_message_escaped(
     with_args: &Value,
     callbacks: &crate::dnode::Callbacks,
 ) -> Escaped {
-    let mut out = EscapedWriter::for_call(method, kite, auth);
-    call_message(
-        &mut out,
-        method,
-        kite,
-        auth,
-        with_args,
-        Tail::Callbacks(callbacks),
-    );
-    out.finish()
+    escaped_call(method, kite, auth, with_args, Tail::Callbacks(callbacks))
 }
 
 /// [`encode_plain_call_message`] in the escaped form; see [`encode_call_message_escaped`].
@@ -441,22 +426,40 @@ pub fn encode_plain_call_message_escaped(
     with_args: &Value,
     response_callback: u64,
 ) -> Escaped {
-    let mut out = EscapedWriter::for_call(method, kite, auth);
-    call_message(
-        &mut out,
+    escaped_call(
         method,
         kite,
         auth,
         with_args,
         Tail::Response(response_callback),
-    );
+    )
+}
+
+/// A call message in the escaped form.
+fn escaped_call(
+    method: &str,
+    kite: &Escaped,
+    auth: Option<&Escaped>,
+    with_args: &Value,
+    tail: Tail<'_>,
+) -> Escaped {
+    let mut out = EscapedWriter::for_call(method, kite, auth);
+    call_message(&mut out, method, kite, auth, with_args, tail);
     out.finish()
 }
 
-/// A `String` with room for a call message.
-fn plain_for(method: &str, kite_json: &str, auth_json: Option<&str>) -> String {
+/// A call message as plain text.
+fn plain_call(
+    method: &str,
+    kite_json: &str,
+    auth_json: Option<&str>,
+    with_args: &Value,
+    tail: Tail<'_>,
+) -> String {
     let auth_len = auth_json.map_or(4, str::len);
-    String::with_capacity(method.len() + kite_json.len() + auth_len + 192)
+    let mut out = String::with_capacity(method.len() + kite_json.len() + auth_len + 192);
+    call_message(&mut out, method, kite_json, auth_json, with_args, tail);
+    out
 }
 
 /// What ends a call message's `callbacks`.
