@@ -336,10 +336,10 @@ pub fn split_messages(text: &str, out: &mut Vec<Escaped>) -> Option<()> {
 }
 
 fn split_messages_into(text: &str, out: &mut Vec<Escaped>) -> Option<()> {
-    let b = text.as_bytes();
     walk_string_array(text, |start| {
-        let end = string_body_end(b, start)?;
-        out.push(Escaped(b[start..end].to_vec()));
+        let end = string_body_end(text.as_bytes(), start)?;
+        // Both ends are ASCII quotes: character boundaries.
+        out.push(Escaped::received(text.get(start..end)?));
         Some(end + 1)
     })
 }
@@ -775,48 +775,84 @@ pub fn quote_with(s: &str, mut push: impl FnMut(&str)) {
 /// assert_eq!(e.as_str(), r#"{\"method\":\"a\u2028b\"}"#);
 /// assert_eq!(e.to_plain().unwrap(), "{\"method\":\"a\u{2028}b\"}");
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Escaped(Vec<u8>);
+#[derive(Clone, Default)]
+pub struct Escaped(Repr);
+
+/// How an [`Escaped`] holds its text.
+#[derive(Clone)]
+enum Repr {
+    /// Written by an encoder here, byte by byte (valid UTF-8 by construction).
+    Written(Vec<u8>),
+    /// Taken from a received frame (a `&str` already): read as text without another
+    /// UTF-8 check.
+    Received(String),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Written(Vec::new())
+    }
+}
+
+impl PartialEq for Escaped {
+    fn eq(&self, other: &Escaped) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Escaped {}
 
 impl Escaped {
     /// Escapes the plain message `text`.
     pub fn new(text: &str) -> Escaped {
         let mut out = Vec::with_capacity(text.len() + text.len() / 4 + 8);
         escape_into_buf(text, &mut out);
-        Escaped(out)
+        Escaped(Repr::Written(out))
     }
 
     /// The escaped bytes (valid UTF-8).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Repr::Written(bytes) => bytes,
+            Repr::Received(text) => text.as_bytes(),
+        }
     }
 
     /// The escaped text.
     pub fn as_str(&self) -> &str {
-        // Always valid (see the type's docs); an empty text would show a broken invariant.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        match &self.0 {
+            // Always valid (see the type's docs); an empty text would show a broken
+            // invariant.
+            Repr::Written(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
+            Repr::Received(text) => text,
+        }
     }
 
     /// Length of the escaped text in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 
     /// Whether the escaped text is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_bytes().is_empty()
     }
 
     /// The plain message (for transports that carry messages unframed).
     pub fn to_plain(&self) -> Result<String, FrameError> {
-        let mut out = String::with_capacity(self.0.len());
+        let mut out = String::with_capacity(self.len());
         unescape_into(self.as_str(), &mut out)?;
         Ok(out)
     }
 
     /// Wraps bytes an encoder of this crate wrote in the escaped form.
     pub(crate) fn from_escaped_bytes(bytes: Vec<u8>) -> Escaped {
-        Escaped(bytes)
+        Escaped(Repr::Written(bytes))
+    }
+
+    /// Wraps the body of a string in a received frame (checked by the caller).
+    fn received(body: &str) -> Escaped {
+        Escaped(Repr::Received(body.to_owned()))
     }
 }
 
@@ -1499,6 +1535,11 @@ mod tests {
             escape_into_buf(text, &mut buf);
             assert_eq!(&buf[2..], e.as_bytes());
         }
+        // Received and written forms of the same text are equal, byte for byte.
+        let mut split = Vec::new();
+        split_messages(r#"["{\"a\":[1,\"\\\\\"]}"]"#, &mut split).unwrap();
+        assert_eq!(split, vec![Escaped::new(r#"{"a":[1,"\\"]}"#)]);
+        assert_eq!(split[0].len(), split[0].as_str().len());
         assert!(Escaped::new("").is_empty());
         assert_eq!(format!("{:?}", Escaped::new("\"")), r#"Escaped("\\\"")"#);
     }
