@@ -65,6 +65,16 @@ impl kite::Authenticate for SharedAuth {
     ) -> kite::handler::AuthFuture<'a> {
         kite::Authenticate::authenticate(&*self.0, auth, local)
     }
+
+    // A connection reuses a success while the authenticator's window and epoch hold (a key
+    // rotation or deletion moves the epoch on), as any kite serving with it does.
+    fn reuse_for(&self, auth: &kite::Auth, local: &Identity) -> Option<kite::auth::Validity> {
+        kite::Authenticate::reuse_for(&*self.0, auth, local)
+    }
+
+    fn epoch(&self) -> u64 {
+        kite::Authenticate::epoch(&*self.0)
+    }
 }
 
 fn to_authentication(auth: Option<&kite::Auth>) -> Option<Authentication> {

@@ -447,3 +447,37 @@ async fn register_wire_order_like_go() {
     assert_eq!(found[0].url, "http://127.0.0.1:3638/kite");
     setup.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_authentication_ends_with_a_key_rotation() {
+    let setup = kontrol_kite(config()).await;
+    let bob = user_kite(&setup, "client", "bob");
+    let b = bob.new_client(&setup.url);
+    b.dial().await.unwrap();
+    let res = b
+        .tell(
+            "getKites",
+            &(json!({"query": {"username": "kontrol", "name": "kontrol"}}),),
+        )
+        .await
+        .unwrap();
+    let token = res.value()["kites"][0]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The token works on its connection, call after call (reused after the first).
+    let t = bob.new_client(&setup.url);
+    t.set_auth(Some(Auth::token(token)));
+    t.dial().await.unwrap();
+    let query = (json!({"query": {"username": "alice"}}),);
+    for _ in 0..3 {
+        t.tell("getKites", &query).await.unwrap();
+    }
+    // A rotation: tokens of the old pair are no longer accepted, on this very connection
+    // too (its reused success ends with the authenticator's epoch).
+    setup.kontrol().rotate_keys().await.unwrap();
+    let e = t.tell("getKites", &query).await.unwrap_err();
+    assert_eq!(e.kind, "authenticationError", "{e}");
+    // Kite keys of the old pair are still trusted (PROTOCOL.md 8.4).
+    b.tell("getKites", &query).await.unwrap();
+}
