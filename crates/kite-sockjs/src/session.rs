@@ -377,12 +377,10 @@ impl TransportSide {
 
     /// Delivers one incoming message, waiting while the receiver's queue is full.
     pub async fn deliver(&self, message: String) -> Result<(), ReceiverGone> {
-        self.deliver_received(Received::Text(message)).await
-    }
-
-    /// [`TransportSide::deliver`] for a message in either form.
-    pub async fn deliver_received(&self, message: Received) -> Result<(), ReceiverGone> {
-        self.inbound.send(message).await.map_err(|_| ReceiverGone)
+        self.inbound
+            .send(Received::Text(message))
+            .await
+            .map_err(|_| ReceiverGone)
     }
 
     /// Whether the user has dropped or closed the receiving half.

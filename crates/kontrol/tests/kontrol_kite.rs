@@ -78,6 +78,22 @@ fn user_kite(setup: &Setup, name: &str, user: &str) -> kite::Kite {
     k
 }
 
+/// A token for calling Kontrol itself, from its own getKites entry (asked over `client`,
+/// which authenticates with a kite key).
+async fn kontrol_token(client: &kite::Client) -> String {
+    let res = client
+        .tell(
+            "getKites",
+            &(json!({"query": {"username": "kontrol", "name": "kontrol"}}),),
+        )
+        .await
+        .unwrap();
+    res.value()["kites"][0]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_discover_call_and_expire() {
     let setup = kontrol_kite(config()).await;
@@ -290,17 +306,7 @@ async fn errors_over_the_wire() {
     let bob = user_kite(&setup, "client", "bob");
     let b = bob.new_client(&setup.url);
     b.dial().await.unwrap();
-    let res = b
-        .tell(
-            "getKites",
-            &(json!({"query": {"username": "kontrol", "name": "kontrol"}}),),
-        )
-        .await
-        .unwrap();
-    let token = res.value()["kites"][0]["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = kontrol_token(&b).await;
     let t = bob.new_client(&setup.url);
     t.set_auth(Some(Auth::token(token)));
     t.dial().await.unwrap();
@@ -454,17 +460,7 @@ async fn reused_authentication_ends_with_a_key_rotation() {
     let bob = user_kite(&setup, "client", "bob");
     let b = bob.new_client(&setup.url);
     b.dial().await.unwrap();
-    let res = b
-        .tell(
-            "getKites",
-            &(json!({"query": {"username": "kontrol", "name": "kontrol"}}),),
-        )
-        .await
-        .unwrap();
-    let token = res.value()["kites"][0]["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = kontrol_token(&b).await;
     // The token works on its connection, call after call (reused after the first).
     let t = bob.new_client(&setup.url);
     t.set_auth(Some(Auth::token(token)));
