@@ -18,6 +18,14 @@ mod services;
 mod stats;
 mod table;
 
+/// jemalloc: the kite path allocates on one thread and frees on another (a request's
+/// buffers cross from the caller's task to the socket's), and glibc's malloc serialises
+/// those frees on the allocating thread's arena lock. The README's profile section has the
+/// figures; `--features system-allocator` measures with the system's malloc.
+#[cfg(not(any(feature = "system-allocator", target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -242,6 +242,42 @@ async fn websocket_batches_and_closes_when_senders_are_dropped() {
     assert_eq!(recv(&mut rx).await, None);
 }
 
+/// A burst larger than `websocket_batch` goes out as several frames, in order.
+#[tokio::test]
+async fn websocket_splits_a_burst_into_frames_of_websocket_batch_messages() {
+    let rec = Recorder::default();
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let url = serve(ws_app(rec.clone(), frames_tx, false)).await;
+    let config = ClientConfig {
+        websocket_batch: 4,
+        ..ClientConfig::default()
+    };
+    let session = connect(&url, &config).await.unwrap();
+    let (tx, _rx) = session.split();
+    // Queued before the I/O task runs (this runtime has one thread).
+    for i in 0..10 {
+        tx.try_send(format!("m{i}")).unwrap();
+    }
+    let mut texts: Vec<Vec<String>> = Vec::new();
+    while texts.iter().map(Vec::len).sum::<usize>() < 10 {
+        match tokio::time::timeout(DEADLINE, frames.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => {
+                texts.push(serde_json::from_str::<Vec<String>>(t.as_str()).unwrap())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let sizes: Vec<usize> = texts.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [4, 4, 2], "{texts:?}");
+    let all: Vec<String> = texts.concat();
+    let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(all, expected);
+}
+
 // ---------------------------------------------------------------------------------------
 // XHR polling
 

@@ -81,6 +81,31 @@ async fn batching_is_deterministic_when_queued_before_open() {
     assert_eq!(ws_text(&mut ws).await, "a[\"1\",\"2\",\"3\"]");
 }
 
+/// A burst larger than `websocket_batch` goes out as several frames, in order.
+#[tokio::test]
+async fn a_burst_is_split_into_frames_of_websocket_batch_messages() {
+    let config = ServerConfig {
+        websocket_batch: 2,
+        ..config()
+    };
+    let addr = start(config, |session: Session| {
+        let (tx, rx) = session.split();
+        for m in ["1", "2", "3", "4", "5"] {
+            tx.try_send(m.into()).unwrap();
+        }
+        tokio::spawn(async move {
+            let _keep = (tx, rx);
+            std::future::pending::<()>().await;
+        });
+    })
+    .await;
+    let mut ws = ws_connect(addr, &ws_path(&sid())).await;
+    assert_eq!(ws_text(&mut ws).await, "o");
+    assert_eq!(ws_text(&mut ws).await, "a[\"1\",\"2\"]");
+    assert_eq!(ws_text(&mut ws).await, "a[\"3\",\"4\"]");
+    assert_eq!(ws_text(&mut ws).await, "a[\"5\"]");
+}
+
 #[tokio::test]
 async fn user_close_sends_go_away() {
     let addr = start(config(), |session: Session| {

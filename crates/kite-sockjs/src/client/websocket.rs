@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::net::{connect_stream, MaybeTlsStream, Target};
-use super::{session_ids, ClientConfig, ConnectError, MAX_BATCH_ITEMS};
+use super::{session_ids, ClientConfig, ConnectError};
 use crate::adaptive_read::{AdaptiveRead, ReleaseRequest};
 use crate::frames::encode_frames;
 use crate::session::{Deliverer, Received, Role, Session, SessionInfo, Transport, TransportSide};
@@ -107,8 +107,21 @@ pub(super) async fn connect(
     let info = SessionInfo::new(session_id, Transport::WebSocket, Role::Dialed, peer);
     let (session, side) = Session::pair(info, config.outgoing_queue, config.incoming_queue);
     let inbound = side.deliverer();
-    tokio::spawn(run(ws, side, inbound, config.max_batch_bytes, release));
+    let limits = WriteLimits {
+        items: config.websocket_batch.max(1),
+        bytes: config.max_batch_bytes,
+    };
+    tokio::spawn(run(ws, side, inbound, limits, release));
     Ok(session)
+}
+
+/// How much one write carries at most.
+#[derive(Debug, Clone, Copy)]
+struct WriteLimits {
+    /// Messages ([`ClientConfig::websocket_batch`]).
+    items: usize,
+    /// Bytes, softly ([`ClientConfig::max_batch_bytes`]).
+    bytes: usize,
 }
 
 /// Why the session's I/O stopped.
@@ -139,7 +152,7 @@ async fn run(
     ws: Ws,
     outbound: TransportSide,
     inbound: Deliverer,
-    max_batch_bytes: usize,
+    limits: WriteLimits,
     release: ReleaseRequest,
 ) {
     let id = outbound.info().id().to_string();
@@ -149,7 +162,7 @@ async fn run(
     let mut outbound = outbound;
     let ended = tokio::select! {
         ended = read_loop(&mut stream, &inbound, &pending, &release) => ended,
-        ended = write_loop(&mut sink, &mut outbound, max_batch_bytes, &pending) => ended,
+        ended = write_loop(&mut sink, &mut outbound, limits, &pending) => ended,
     };
     // The session ends for its user now, not after the goodbye.
     drop(outbound);
@@ -257,7 +270,7 @@ async fn read_loop(
 async fn write_loop(
     sink: &mut futures_util::stream::SplitSink<Ws, Message>,
     outbound: &mut TransportSide,
-    max_batch_bytes: usize,
+    limits: WriteLimits,
     pending: &AtomicUsize,
 ) -> Ended {
     let mut batch = Vec::with_capacity(16);
@@ -265,21 +278,21 @@ async fn write_loop(
     // Where frames are encoded; kept while batches hold several messages.
     let mut buf = bytes::BytesMut::new();
     loop {
-        let more = outbound.next_batch(&mut batch, MAX_BATCH_ITEMS).await;
+        let more = outbound.next_batch(&mut batch, limits.items).await;
         // The callers answered by the responses received together send their next calls a
         // moment apart: while more responses arrived than calls are queued, let them run
         // once so their calls share this write.
         let received = pending.load(Ordering::Relaxed);
         if more && received > batch.len() {
             tokio::task::yield_now().await;
-            outbound.try_batch(&mut batch, MAX_BATCH_ITEMS);
+            outbound.try_batch(&mut batch, limits.items);
         }
         let sent = batch.len();
         let _ = pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
             Some(p.saturating_sub(sent))
         });
-        let close = !more
-            || encode_frames(&mut batch, b"", &mut buf, &mut frames, max_batch_bytes).is_some();
+        let close =
+            !more || encode_frames(&mut batch, b"", &mut buf, &mut frames, limits.bytes).is_some();
         for frame in frames.drain(..) {
             if let Err(e) = sink.feed(Message::Text(frame)).await {
                 return Ended::on_error("write error", &e);

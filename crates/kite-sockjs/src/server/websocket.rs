@@ -82,7 +82,10 @@ pub(crate) async fn raw(shared: Arc<Shared>, req: Request) -> Response {
 struct Params {
     heartbeat: Duration,
     write_timeout: Duration,
+    /// The most messages one write carries while the session runs.
     max_batch: usize,
+    /// The most messages taken at once when the session ends (all that is queued).
+    drain_batch: usize,
     read_buffer_max: usize,
     sockjs: bool,
 }
@@ -184,7 +187,8 @@ fn upgrade(shared: Arc<Shared>, mut req: Request, id: Arc<str>, sockjs: bool) ->
     let params = Params {
         heartbeat: cfg.heartbeat_interval,
         write_timeout: cfg.write_timeout,
-        max_batch: cfg.outgoing_queue.max(1),
+        max_batch: cfg.websocket_batch.max(1),
+        drain_batch: cfg.outgoing_queue.max(1),
         read_buffer_max: cfg.websocket_read_buffer_max,
         sockjs,
     };
@@ -663,7 +667,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
     tracing::debug!(session = side.info().id(), transport = %side.info().transport(), "sockjs: WebSocket session ending");
     let end = match end {
         End::ReceiverGone => {
-            side.try_batch(&mut batch, p.max_batch);
+            side.try_batch(&mut batch, p.drain_batch);
             let close = take_batch(&mut batch, &mut frames, &mut buf, p.sockjs);
             if !frames.is_empty() && write(&mut io, &mut frames, &p).await.is_err() {
                 End::Gone
@@ -694,7 +698,7 @@ async fn run<I: FrameIo>(mut io: I, mut side: TransportSide, p: Params, slot: Se
         }
         End::Fail(code, reason) => {
             // What the user had already queued still goes out.
-            side.try_batch(&mut batch, p.max_batch);
+            side.try_batch(&mut batch, p.drain_batch);
             drop(side);
             let _ = take_batch(&mut batch, &mut frames, &mut buf, p.sockjs);
             if !frames.is_empty() {
