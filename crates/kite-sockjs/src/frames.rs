@@ -27,6 +27,12 @@ impl<'a> Buf<'a> {
 
     fn put(&mut self, bytes: &[u8]) {
         let at = self.len;
+        if at == self.buf.len() {
+            // At the end of the buffer: appended, without zero-filling first.
+            self.buf.extend_from_slice(bytes);
+            self.len = self.buf.len();
+            return;
+        }
         FrameBuf::resize(self, at + bytes.len());
         self.buf[at..at + bytes.len()].copy_from_slice(bytes);
     }
