@@ -82,6 +82,22 @@ pub struct IncomingCall<'a> {
     pub request: Result<RequestRef<'a>, RequestError>,
     /// What installing the callbacks did.
     pub report: UnscrubReport,
+    /// How the request's `kite` object was read (see [`decode_escaped_after`]).
+    pub kite_text: KiteText<'a>,
+}
+
+/// How a request's `kite` object was read by [`decode_escaped_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KiteText<'a> {
+    /// Read the general way: nothing to remember.
+    #[default]
+    Unknown,
+    /// Read from the escaped form: its text there, to hand to the next
+    /// [`decode_escaped_after`] of the same connection.
+    Read(&'a str),
+    /// The very text the decoder was given: the same identity as that request's, and
+    /// [`RequestRef::kite`] is left empty.
+    Repeated,
 }
 
 impl IncomingCall<'_> {
@@ -290,6 +306,7 @@ pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, Dec
             method: Cow::Borrowed(method),
             request: Ok(request),
             report,
+            kite_text: KiteText::Unknown,
         }));
     }
     if let Some(callback) = scanned_response::<false>(text, limits) {
@@ -347,11 +364,53 @@ pub fn decode_escaped<'a>(
     scratch: &'a mut String,
     limits: &'a Limits,
 ) -> Result<Incoming<'a>, DecodeError> {
-    if let Some((method, request, report)) = scan::request::<true>(escaped, limits) {
+    decode_escaped_after(escaped, scratch, limits, None)
+}
+
+/// [`decode_escaped`] for the next message of a connection whose previous request had the
+/// `kite` object `previous_kite` (the [`KiteText::Read`] of that request). Callers send
+/// the same identity with every request: when the bytes are the same, the object is passed
+/// over rather than read, [`IncomingCall::kite_text`] is [`KiteText::Repeated`] and
+/// [`RequestRef::kite`] is left empty (the caller reuses what it made of the previous
+/// one). Otherwise the result is [`decode_escaped`]'s.
+///
+/// ```
+/// use kite_protocol::dnode::Limits;
+/// use kite_protocol::envelope::{encode_plain_call_message, kite_json};
+/// use kite_protocol::incoming::{self, Incoming, KiteText};
+/// use kite_protocol::sockjs::Escaped;
+/// use kite_protocol::Kite;
+/// use serde_json::json;
+///
+/// let me = kite_json(&Kite { name: "client".into(), ..Default::default() });
+/// let first = Escaped::new(&encode_plain_call_message("square", &me, None, &json!([4]), 1));
+/// let second = Escaped::new(&encode_plain_call_message("square", &me, None, &json!([5]), 2));
+/// let (limits, mut scratch) = (Limits::default(), String::new());
+/// let Incoming::Call(call) = incoming::decode_escaped(first.as_str(), &mut scratch, &limits)
+///     .unwrap() else { panic!("a call") };
+/// let KiteText::Read(known) = call.kite_text else { panic!("read from the escaped form") };
+/// let known = known.to_owned();
+/// let mut scratch = String::new();
+/// let Incoming::Call(next) =
+///     incoming::decode_escaped_after(second.as_str(), &mut scratch, &limits, Some(&known))
+///         .unwrap() else { panic!("a call") };
+/// assert_eq!(next.kite_text, KiteText::Repeated);
+/// assert_eq!(next.request.unwrap().with_args, vec![json!(5)]);
+/// ```
+pub fn decode_escaped_after<'a>(
+    escaped: &'a str,
+    scratch: &'a mut String,
+    limits: &'a Limits,
+    previous_kite: Option<&str>,
+) -> Result<Incoming<'a>, DecodeError> {
+    if let Some((method, request, report, kite_text)) =
+        scan::request_after::<true>(escaped, limits, previous_kite)
+    {
         return Ok(Incoming::Call(IncomingCall {
             method: Cow::Borrowed(method),
             request: Ok(request),
             report,
+            kite_text,
         }));
     }
     if let Some(callback) = scanned_response::<true>(escaped, limits) {
@@ -379,6 +438,7 @@ fn decode_general<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>,
                                 method: name,
                                 request: Ok(request),
                                 report,
+                                kite_text: KiteText::Unknown,
                             }));
                         }
                     }
@@ -429,6 +489,7 @@ fn from_parts<'a>(
                 method: name,
                 request: Ok(request),
                 report,
+                kite_text: KiteText::Unknown,
             }));
         }
     }
@@ -455,6 +516,7 @@ fn from_parts<'a>(
         method: name,
         request,
         report,
+        kite_text: KiteText::Unknown,
     }))
 }
 

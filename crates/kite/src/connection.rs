@@ -140,6 +140,11 @@ impl CachedAuth {
 #[derive(Default)]
 struct LastCaller {
     kite: Option<Arc<KiteIdentity>>,
+    /// `kite` as its object is written in the escaped form of a SockJS frame, once a second
+    /// request has brought it: requests that repeat these bytes are not read again
+    /// ([`incoming::decode_escaped_after`]). Not kept after one request alone, so that idle
+    /// connections do not hold it.
+    kite_text: Option<Box<str>>,
     /// `kite` with the username authentication gave.
     authenticated: Option<Arc<KiteIdentity>>,
     auth: Option<Arc<Auth>>,
@@ -803,7 +808,13 @@ impl ConnShared {
         let decoded = match &message {
             Received::Text(text) => incoming::decode(text, &self.limits.protocol),
             Received::Escaped(escaped) => {
-                incoming::decode_escaped(escaped.as_str(), &mut scratch, &self.limits.protocol)
+                let last = lock(&self.last_caller);
+                incoming::decode_escaped_after(
+                    escaped.as_str(),
+                    &mut scratch,
+                    &self.limits.protocol,
+                    last.kite_text.as_deref(),
+                )
             }
         };
         match decoded {
@@ -910,7 +921,7 @@ impl ConnShared {
             return self.reply_error(rc, KiteError::method_not_found(&call.method));
         };
         let request = match &mut call.request {
-            Ok(r) => self.own_request(r),
+            Ok(r) => self.own_request(r, call.kite_text),
             Err(e) => {
                 return match e.response_callback {
                     Some(rc) => self.reply_error(rc, e.to_kite_error()),
@@ -945,13 +956,28 @@ impl ConnShared {
 
     /// Takes ownership of a decoded request, reusing the identity and credentials of the
     /// previous request when they are the same.
-    fn own_request(&self, r: &mut incoming::RequestRef<'_>) -> Incoming {
+    fn own_request(
+        &self,
+        r: &mut incoming::RequestRef<'_>,
+        text: incoming::KiteText<'_>,
+    ) -> Incoming {
         let mut last = lock(&self.last_caller);
-        let caller = match &last.kite {
-            Some(k) if r.kite.matches(k) => k.clone(),
+        let caller = match (&last.kite, text) {
+            // The bytes of `last.kite_text`, which was read as `last.kite`.
+            (Some(k), incoming::KiteText::Repeated) => k.clone(),
+            (Some(k), text) if r.kite.matches(k) => {
+                let k = k.clone();
+                if let incoming::KiteText::Read(text) = text {
+                    if last.kite_text.as_deref() != Some(text) {
+                        last.kite_text = Some(text.into());
+                    }
+                }
+                k
+            }
             _ => {
                 let k = Arc::new(r.kite.to_kite());
                 last.kite = Some(k.clone());
+                last.kite_text = None;
                 last.authenticated = None;
                 k
             }

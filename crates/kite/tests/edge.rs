@@ -224,8 +224,88 @@ impl kite::Authenticate for NamedKeys {
 
 /// The server reuses the identity and credentials of a connection's previous request
 /// while they stay the same; every change must still be seen.
+/// A hand-written dnode peer on raw WebSocket, or on SockJS WebSocket (where messages
+/// travel escaped inside frames, and the kite reads them in that form).
+struct Peer {
+    ws: Ws,
+    sockjs: bool,
+    /// Messages of the last `a[...]` frame not yet returned.
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl Peer {
+    async fn connect(url: &str, sockjs: bool) -> Peer {
+        if !sockjs {
+            return Peer {
+                ws: raw(url).await,
+                sockjs,
+                pending: Default::default(),
+            };
+        }
+        let url = url.replace("http://", "ws://") + "/000/peertest/websocket";
+        let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let mut peer = Peer {
+            ws,
+            sockjs,
+            pending: Default::default(),
+        };
+        assert_eq!(peer.frame().await, "o");
+        peer
+    }
+
+    async fn frame(&mut self) -> String {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("frame in time")
+                .expect("open")
+                .unwrap();
+            if let WsMessage::Text(t) = m {
+                return t.to_string();
+            }
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        if self.sockjs {
+            send(&mut self.ws, &serde_json::to_string(&[text]).unwrap()).await;
+        } else {
+            send(&mut self.ws, text).await;
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        if !self.sockjs {
+            return next(&mut self.ws).await;
+        }
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return m;
+            }
+            let frame = self.frame().await;
+            if let Some(array) = frame.strip_prefix('a') {
+                let texts: Vec<String> = serde_json::from_str(array).unwrap();
+                for t in texts {
+                    self.pending.push_back(serde_json::from_str(&t).unwrap());
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_identity_and_credentials_follow_each_request() {
+    caller_identity_and_credentials(false).await;
+}
+
+/// Over SockJS the kite reads the usual requests in the escaped form, and passes over a
+/// `kite` object that repeats the previous one byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_identity_and_credentials_follow_each_request_over_sockjs() {
+    caller_identity_and_credentials(true).await;
+}
+
+async fn caller_identity_and_credentials(sockjs: bool) {
     let mut k = math_kite();
     k.config.disable_authentication = false;
     k.set_authenticator(NamedKeys);
@@ -241,7 +321,7 @@ async fn caller_identity_and_credentials_follow_each_request() {
     k.handle_func("who", who);
     k.handle_func("whoOpen", who).disable_authentication();
     let served = serve(k).await;
-    let mut ws = raw(&served.url).await;
+    let mut peer = Peer::connect(&served.url, sockjs).await;
     let call = |rc: u64, method: &str, kite: Value, key: Option<&str>| {
         json!({
             "method": method,
@@ -307,17 +387,38 @@ async fn caller_identity_and_credentials_follow_each_request() {
             Some("key-bob"),
             json!(["bob", "b", "bob", "2", "key-bob"]),
         ),
+        // The same identity once more (over SockJS: passed over, not read again).
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-alice"),
+            json!(["alice", "b", "alice", "2", "key-alice"]),
+        ),
+        // Another that shares its first bytes.
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "3"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "3", "key-bob"]),
+        ),
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "2", "key-bob"]),
+        ),
     ];
     for (i, (method, kite, key, want)) in cases.into_iter().enumerate() {
         let rc = i as u64;
-        send(&mut ws, &call(rc, method, kite, key)).await;
-        let m = next(&mut ws).await;
+        peer.send(&call(rc, method, kite, key)).await;
+        let m = peer.next().await;
         assert_eq!(m["method"], json!(rc));
         assert_eq!(m["arguments"][0]["result"], want, "case {i}");
     }
     // A rejected key after accepted ones is rejected.
-    send(&mut ws, &call(50, "who", json!({"name": "b"}), Some("bad"))).await;
-    let m = next(&mut ws).await;
+    peer.send(&call(50, "who", json!({"name": "b"}), Some("bad")))
+        .await;
+    let m = peer.next().await;
     assert_eq!(m["arguments"][0]["error"]["type"], "authenticationError");
     served.handle.shutdown();
 }

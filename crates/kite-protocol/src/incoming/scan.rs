@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::{AuthenticationRef, KiteRef, RequestRef};
+use super::{AuthenticationRef, KiteRef, KiteText, RequestRef};
 use crate::dnode::{parse_callback_marker, Limits, UnscrubReport};
 use crate::error::KiteError;
 use crate::sockjs::{first_byte, unescape_run_end, unescape_stops, word_at};
@@ -30,6 +30,20 @@ pub(super) fn request<'a, const E: bool>(
     text: &'a str,
     limits: &Limits,
 ) -> Option<(&'a str, RequestRef<'a>, UnscrubReport)> {
+    request_after::<E>(text, limits, None).map(|(method, r, report, _)| (method, r, report))
+}
+
+/// [`request`], told the `kite` object of the connection's previous request as it was
+/// written in this form (`known_kite`, not empty): an identical one is passed over instead
+/// of read ([`KiteText::Repeated`], `kite` left empty); another is read, and its text
+/// returned in the escaped form ([`KiteText::Read`]; only when `E`).
+pub(super) fn request_after<'a, const E: bool>(
+    text: &'a str,
+    limits: &Limits,
+    known_kite: Option<&str>,
+) -> Option<(&'a str, RequestRef<'a>, UnscrubReport, KiteText<'a>)> {
+    let known_kite = known_kite.filter(|k| E && !k.is_empty());
+    let mut kite_text = KiteText::Unknown;
     let mut method = None;
     // Filled in place (a large value, not to be moved through every layer); made only
     // when `arguments` is met, so a response costs nothing here.
@@ -42,7 +56,8 @@ pub(super) fn request<'a, const E: bool>(
             "method" if method.is_none() => method = Some(s.string()?),
             "arguments" if options.is_none() => {
                 s.expect(b'[')?;
-                options = Some(s.options(out.insert(RequestRef::default()))?);
+                let r = out.insert(RequestRef::default());
+                options = Some(s.options(r, known_kite, &mut kite_text)?);
                 s.expect(b']')?;
             }
             "callbacks" if callbacks.is_none() => callbacks = Some(s.callbacks(limits)?),
@@ -67,7 +82,7 @@ pub(super) fn request<'a, const E: bool>(
         Some(other) => vec![other],
     };
     out.response_callback = response_callback;
-    Some((method, out, report))
+    Some((method, out, report, kite_text))
 }
 
 /// The response `{"method":7,"arguments":[{"error":...,"result":...}],"callbacks":{}}`
@@ -366,12 +381,37 @@ impl<'a, const E: bool> Scanner<'a, E> {
 
     /// The one options object of `arguments`: `kite`, `authentication` and extra fields
     /// go into `r`, the rest is returned.
-    fn options(&mut self, r: &mut RequestRef<'a>) -> Option<Options<'a>> {
+    fn options(
+        &mut self,
+        r: &mut RequestRef<'a>,
+        known_kite: Option<&str>,
+        kite_text: &mut KiteText<'a>,
+    ) -> Option<Options<'a>> {
         let mut o = Options::default();
         // A repeated key replaces the earlier value, as in the general decoder.
         self.members(|s, key| {
             match key {
-                "kite" => s.kite(&mut r.kite)?,
+                "kite" => {
+                    s.ws();
+                    let start = s.i;
+                    let rest = s.text.get(start..)?;
+                    match known_kite {
+                        // The same bytes as a value read before: the same value.
+                        Some(known) if rest.starts_with(known) => {
+                            s.i += known.len();
+                            r.kite = KiteRef::default();
+                            *kite_text = KiteText::Repeated;
+                        }
+                        _ => {
+                            s.kite(&mut r.kite)?;
+                            *kite_text = if E {
+                                KiteText::Read(s.text.get(start..s.i)?)
+                            } else {
+                                KiteText::Unknown
+                            };
+                        }
+                    }
+                }
                 "authentication" => r.authentication = s.authentication()?,
                 "withArgs" => o.with_args = Some(s.value()?),
                 "responseCallback" => {
@@ -986,6 +1026,103 @@ mod tests {
             ..Limits::default()
         };
         assert!(!check_escaped(Escaped::new(usual).as_str(), &limits));
+    }
+
+    /// `decode_escaped_after(escaped, known)` is `decode_escaped(escaped)`, except that a
+    /// `kite` object with the bytes of `known` is passed over, in which case what
+    /// `decode_escaped` read there must be `known_kite` (what `known` was read as). Returns
+    /// whether it was passed over.
+    fn check_after(escaped: &str, known: &str, known_kite: &KiteRef<'_>, limits: &Limits) -> bool {
+        let (mut s1, mut s2) = (String::new(), String::new());
+        let plain = super::super::decode_escaped(escaped, &mut s1, limits);
+        let after = super::super::decode_escaped_after(escaped, &mut s2, limits, Some(known));
+        match (plain, after) {
+            (Ok(Incoming::Call(p)), Ok(Incoming::Call(mut a)))
+                if a.kite_text == KiteText::Repeated =>
+            {
+                let read = p.request.as_ref().map(|r| r.kite.clone());
+                assert_eq!(read.as_ref(), Ok(known_kite), "{escaped}");
+                if let Ok(r) = &mut a.request {
+                    assert_eq!(r.kite, KiteRef::default(), "{escaped}");
+                    r.kite = known_kite.clone();
+                }
+                assert_eq!(
+                    summary(Ok(Incoming::Call(p))),
+                    summary(Ok(Incoming::Call(a))),
+                    "{escaped}"
+                );
+                true
+            }
+            (p, a) => {
+                assert_eq!(summary(p), summary(a), "{escaped}");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn passes_over_a_repeated_kite_object_and_reads_the_rest_alike() {
+        let limits = Limits::default();
+        let mut rng = Rng(0x5eed_1234_abcd_0003);
+        let mut known: Option<(String, KiteRef<'static>)> = None;
+        let (mut itself, mut repeated) = (0, 0);
+        for round in 0..10_000 {
+            let text = generated(&mut rng);
+            let Ok(compact) = serde_json::from_str::<Value>(&text).map(|v| v.to_string()) else {
+                continue;
+            };
+            let escaped = Escaped::new(&compact);
+            let e = escaped.as_str();
+            if let Some((k, kite)) = &known {
+                // Another request, and mutations of it, told the previous request's kite.
+                if check_after(e, k, kite, &limits) {
+                    repeated += 1;
+                }
+                for _ in 0..2 {
+                    let m = mutated(&mut rng, e, &['\\', '"', '{', '}', ',', ':', 'x']);
+                    check_after(&m, k, kite, &limits);
+                }
+            }
+            let mut scratch = String::new();
+            let Ok(Incoming::Call(call)) = super::super::decode_escaped(e, &mut scratch, &limits)
+            else {
+                continue;
+            };
+            let (KiteText::Read(k), Ok(r)) = (call.kite_text, &call.request) else {
+                continue;
+            };
+            let kite = KiteRef {
+                username: Cow::Owned(r.kite.username.to_string()),
+                environment: Cow::Owned(r.kite.environment.to_string()),
+                name: Cow::Owned(r.kite.name.to_string()),
+                version: Cow::Owned(r.kite.version.to_string()),
+                region: Cow::Owned(r.kite.region.to_string()),
+                hostname: Cow::Owned(r.kite.hostname.to_string()),
+                id: Cow::Owned(r.kite.id.to_string()),
+            };
+            // The request itself, told its own kite: passed over.
+            assert!(check_after(e, k, &kite, &limits), "round {round}: {e}");
+            itself += 1;
+            known = Some((k.to_owned(), kite));
+        }
+        assert!(itself > 1_000, "{itself}");
+        // The generator repeats identities now and then (e.g. `null`).
+        assert!(repeated > 0, "{repeated}");
+        // An empty `known` is never taken as a match.
+        let mut scratch = String::new();
+        let usual = Escaped::new(
+            r#"{"method":"a","arguments":[{"kite":{"name":"n"},"withArgs":[1]}],"callbacks":{}}"#,
+        );
+        let Ok(Incoming::Call(call)) =
+            super::super::decode_escaped_after(usual.as_str(), &mut scratch, &limits, Some(""))
+        else {
+            panic!("a call");
+        };
+        assert!(matches!(call.kite_text, KiteText::Read(_)));
+        assert_eq!(
+            call.request.map(|r| r.kite.name.into_owned()),
+            Ok("n".to_string())
+        );
     }
 
     #[test]
