@@ -158,6 +158,64 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// Powers of ten that are exact in an `f64`, as `serde_json` divides by them.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// A JSON number without an exponent and with at most 15 digits (`4`, `-1`, `16.0`,
+/// `2.25`), as `serde_json` reads it: an integer is a `u64` (an `i64` if negative), a
+/// decimal the `f64` of its digits divided by a power of ten, both exact here, so the one
+/// rounding is `serde_json`'s. Anything else (`-0`, exponents, more digits) is `None`.
+fn simple_number(b: &[u8]) -> Option<Value> {
+    let (negative, digits) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    let (int, frac) = match digits.iter().position(|&c| c == b'.') {
+        Some(dot) => (&digits[..dot], Some(&digits[dot + 1..])),
+        None => (digits, None),
+    };
+    let frac_len = frac.map_or(0, <[u8]>::len);
+    if int.is_empty()
+        || (int.len() > 1 && int[0] == b'0')
+        || frac == Some(&[])
+        || int.len() + frac_len > 15
+    {
+        return None;
+    }
+    let mut significand = 0u64;
+    for &c in int.iter().chain(frac.unwrap_or(&[])) {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        significand = significand * 10 + u64::from(c - b'0');
+    }
+    if frac.is_some() {
+        let f = significand as f64 / POW10[frac_len];
+        return Some(Value::from(if negative { -f } else { f }));
+    }
+    match (negative, significand) {
+        (false, n) => Some(Value::from(n)),
+        // `-0` is a float there.
+        (true, 0) => None,
+        (true, n) => i64::try_from(n).ok().map(|n| Value::from(-n)),
+    }
+}
+
+/// `[n,n,...]` of [`simple_number`]s, compact (the arguments of most calls).
+fn number_array(b: &[u8]) -> Option<Value> {
+    let inner = b.strip_prefix(b"[")?.strip_suffix(b"]")?;
+    if inner.is_empty() {
+        return Some(Value::Array(Vec::new()));
+    }
+    inner
+        .split(|&c| c == b',')
+        .map(simple_number)
+        .collect::<Option<Vec<Value>>>()
+        .map(Value::Array)
+}
+
 /// Reads `text` from `i`: plain JSON, or (`E`) the escaped form of a SockJS frame's string
 /// ([`Escaped`](crate::sockjs::Escaped)), where the JSON's quotes are `\"`. In the escaped
 /// form only strings without escapes of their own are read (`\\` in the text): anything
@@ -479,10 +537,10 @@ impl<'a, const E: bool> Scanner<'a, E> {
             b"null" => Some(Value::Null),
             b"true" => Some(Value::Bool(true)),
             b"false" => Some(Value::Bool(false)),
-            [b'1'..=b'9', rest @ ..] if rest.len() < 18 && rest.iter().all(u8::is_ascii_digit) => {
-                raw.parse::<u64>().ok().map(Value::from)
-            }
-            _ => serde_json::from_str(raw).ok(),
+            bytes => match simple_number(bytes).or_else(|| number_array(bytes)) {
+                Some(v) => Some(v),
+                None => serde_json::from_str(raw).ok(),
+            },
         }
     }
 
@@ -1123,6 +1181,60 @@ mod tests {
             call.request.map(|r| r.kite.name.into_owned()),
             Ok("n".to_string())
         );
+    }
+
+    #[test]
+    fn simple_numbers_and_arrays_read_as_serde_json_reads_them() {
+        let mut rng = Rng(0x5eed_1234_abcd_0004);
+        let pieces = [
+            "0", "1", "9", "-", ".", "00", "12", "5", "e", "1e2", " ", "x",
+        ];
+        let (mut taken, mut checked) = (0, 0);
+        for _ in 0..200_000 {
+            let mut t = String::new();
+            for _ in 0..=rng.upto(8) {
+                t.push_str(rng.pick(&pieces));
+            }
+            let mut digits = String::new();
+            for _ in 0..=rng.upto(18) {
+                digits.push(char::from(b'0' + rng.upto(10) as u8));
+            }
+            let dot = rng.upto(digits.len() + 1);
+            let decimal = format!(
+                "{}{}.{}",
+                if rng.upto(2) == 0 { "-" } else { "" },
+                &digits[..dot.max(1)],
+                &digits[dot.max(1)..]
+            );
+            for text in [t.clone(), digits.clone(), decimal] {
+                let want = serde_json::from_str::<Value>(&text).ok();
+                if let Some(v) = simple_number(text.as_bytes()) {
+                    taken += 1;
+                    // Same value and kind (u64, i64 or f64), bit for bit.
+                    assert_eq!(Some(&v), want.as_ref(), "{text}");
+                    if let (Some(a), Some(b)) = (v.as_f64(), want.as_ref().and_then(Value::as_f64))
+                    {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{text}");
+                    }
+                }
+                checked += 1;
+                let array = format!("[{text},{text}]");
+                if let Some(v) = number_array(array.as_bytes()) {
+                    assert_eq!(
+                        Some(v),
+                        serde_json::from_str::<Value>(&array).ok(),
+                        "{array}"
+                    );
+                }
+            }
+        }
+        assert!(taken * 4 > checked, "{taken} of {checked}");
+        assert_eq!(number_array(b"[]"), Some(Value::Array(Vec::new())));
+        assert_eq!(number_array(b"[4.0]"), Some(serde_json::json!([4.0])));
+        assert_eq!(number_array(b"[1,]"), None);
+        assert_eq!(number_array(b"[ 1]"), None);
+        assert_eq!(simple_number(b"-0"), None);
+        assert_eq!(simple_number(b"0.1"), Some(serde_json::json!(0.1)));
     }
 
     #[test]
