@@ -204,6 +204,24 @@ async fn websocket_dial_frames_and_server_close() {
     );
 }
 
+/// The client's frames (each a JSON array of messages) until they hold `n` messages.
+async fn frames_of(frames: &mut mpsc::UnboundedReceiver<Message>, n: usize) -> Vec<Vec<String>> {
+    let mut texts: Vec<Vec<String>> = Vec::new();
+    while texts.iter().map(Vec::len).sum::<usize>() < n {
+        match tokio::time::timeout(DEADLINE, frames.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => {
+                texts.push(serde_json::from_str::<Vec<String>>(t.as_str()).unwrap())
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    texts
+}
+
 #[tokio::test]
 async fn websocket_batches_and_closes_when_senders_are_dropped() {
     let rec = Recorder::default();
@@ -218,19 +236,7 @@ async fn websocket_batches_and_closes_when_senders_are_dropped() {
     for i in 0..10 {
         assert_eq!(recv(&mut rx).await, Some(format!("m{i}")));
     }
-    let mut texts = Vec::new();
-    while texts.iter().map(|t: &Vec<String>| t.len()).sum::<usize>() < 10 {
-        match tokio::time::timeout(DEADLINE, frames.recv())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => {
-                texts.push(serde_json::from_str::<Vec<String>>(t.as_str()).unwrap())
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let texts = frames_of(&mut frames, 10).await;
     assert!(texts.len() < 10, "messages were not batched: {texts:?}");
     drop(tx);
     // The client says goodbye with a WebSocket close frame, then the connection ends.
@@ -258,19 +264,7 @@ async fn websocket_splits_a_burst_into_frames_of_websocket_batch_messages() {
     for i in 0..10 {
         tx.try_send(format!("m{i}")).unwrap();
     }
-    let mut texts: Vec<Vec<String>> = Vec::new();
-    while texts.iter().map(Vec::len).sum::<usize>() < 10 {
-        match tokio::time::timeout(DEADLINE, frames.recv())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => {
-                texts.push(serde_json::from_str::<Vec<String>>(t.as_str()).unwrap())
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let texts = frames_of(&mut frames, 10).await;
     let sizes: Vec<usize> = texts.iter().map(Vec::len).collect();
     assert_eq!(sizes, [4, 4, 2], "{texts:?}");
     let all: Vec<String> = texts.concat();

@@ -63,12 +63,13 @@ async fn session_facts_and_batching() {
     tokio::time::timeout(DEADLINE, tx.closed()).await.unwrap();
 }
 
-#[tokio::test]
-async fn batching_is_deterministic_when_queued_before_open() {
-    let addr = start(config(), |session: Session| {
+/// A server (with `config`) whose every session has `messages` queued before it opens,
+/// and stays open; returns a connected WebSocket past the `o` frame.
+async fn queued_before_open(config: ServerConfig, messages: &'static [&'static str]) -> Ws {
+    let addr = start(config, move |session: Session| {
         let (tx, rx) = session.split();
-        for m in ["1", "2", "3"] {
-            tx.try_send(m.into()).unwrap();
+        for m in messages {
+            tx.try_send((*m).into()).expect("room in the queue");
         }
         tokio::spawn(async move {
             let _keep = (tx, rx);
@@ -78,6 +79,12 @@ async fn batching_is_deterministic_when_queued_before_open() {
     .await;
     let mut ws = ws_connect(addr, &ws_path(&sid())).await;
     assert_eq!(ws_text(&mut ws).await, "o");
+    ws
+}
+
+#[tokio::test]
+async fn batching_is_deterministic_when_queued_before_open() {
+    let mut ws = queued_before_open(config(), &["1", "2", "3"]).await;
     assert_eq!(ws_text(&mut ws).await, "a[\"1\",\"2\",\"3\"]");
 }
 
@@ -88,19 +95,7 @@ async fn a_burst_is_split_into_frames_of_websocket_batch_messages() {
         websocket_batch: 2,
         ..config()
     };
-    let addr = start(config, |session: Session| {
-        let (tx, rx) = session.split();
-        for m in ["1", "2", "3", "4", "5"] {
-            tx.try_send(m.into()).unwrap();
-        }
-        tokio::spawn(async move {
-            let _keep = (tx, rx);
-            std::future::pending::<()>().await;
-        });
-    })
-    .await;
-    let mut ws = ws_connect(addr, &ws_path(&sid())).await;
-    assert_eq!(ws_text(&mut ws).await, "o");
+    let mut ws = queued_before_open(config, &["1", "2", "3", "4", "5"]).await;
     assert_eq!(ws_text(&mut ws).await, "a[\"1\",\"2\"]");
     assert_eq!(ws_text(&mut ws).await, "a[\"3\",\"4\"]");
     assert_eq!(ws_text(&mut ws).await, "a[\"5\"]");
