@@ -94,6 +94,18 @@ async fn kontrol_token(client: &kite::Client) -> String {
         .to_owned()
 }
 
+/// Two connections of `kite` to Kontrol: one with its kite key, and one that sends instead
+/// the token Kontrol issues for itself (fetched over the first).
+async fn dial_with_kontrol_token(kite: &kite::Kite, url: &str) -> (kite::Client, kite::Client) {
+    let with_key = kite.new_client(url);
+    with_key.dial().await.unwrap();
+    let token = kontrol_token(&with_key).await;
+    let with_token = kite.new_client(url);
+    with_token.set_auth(Some(Auth::token(token)));
+    with_token.dial().await.unwrap();
+    (with_key, with_token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_discover_call_and_expire() {
     let setup = kontrol_kite(config()).await;
@@ -304,12 +316,7 @@ async fn errors_over_the_wire() {
 
     // A token (valid for Kontrol itself) is not accepted by register.
     let bob = user_kite(&setup, "client", "bob");
-    let b = bob.new_client(&setup.url);
-    b.dial().await.unwrap();
-    let token = kontrol_token(&b).await;
-    let t = bob.new_client(&setup.url);
-    t.set_auth(Some(Auth::token(token)));
-    t.dial().await.unwrap();
+    let (b, t) = dial_with_kontrol_token(&bob, &setup.url).await;
     let e = t
         .tell("register", &("http://127.0.0.1:1/kite",))
         .await
@@ -458,13 +465,8 @@ async fn register_wire_order_like_go() {
 async fn reused_authentication_ends_with_a_key_rotation() {
     let setup = kontrol_kite(config()).await;
     let bob = user_kite(&setup, "client", "bob");
-    let b = bob.new_client(&setup.url);
-    b.dial().await.unwrap();
-    let token = kontrol_token(&b).await;
     // The token works on its connection, call after call (reused after the first).
-    let t = bob.new_client(&setup.url);
-    t.set_auth(Some(Auth::token(token)));
-    t.dial().await.unwrap();
+    let (b, t) = dial_with_kontrol_token(&bob, &setup.url).await;
     let query = (json!({"query": {"username": "alice"}}),);
     for _ in 0..3 {
         t.tell("getKites", &query).await.unwrap();
