@@ -140,11 +140,6 @@ impl CachedAuth {
 #[derive(Default)]
 struct LastCaller {
     kite: Option<Arc<KiteIdentity>>,
-    /// `kite` as its object is written in the escaped form of a SockJS frame, once a second
-    /// request has brought it: requests that repeat these bytes are not read again
-    /// ([`incoming::decode_escaped_after`]). Not kept after one request alone, so that idle
-    /// connections do not hold it.
-    kite_text: Option<Box<str>>,
     /// `kite` with the username authentication gave.
     authenticated: Option<Arc<KiteIdentity>>,
     auth: Option<Arc<Auth>>,
@@ -802,25 +797,22 @@ impl ConnShared {
     /// Decodes and routes one incoming message without awaiting: responses are delivered
     /// here; anything that has to wait is returned as a boxed future, so the read loop's
     /// own future stays small while the connection is idle.
-    fn dispatch(self: &Arc<Self>, message: Received) -> Next {
+    fn dispatch(self: &Arc<Self>, message: Received, known: &mut KnownKite) -> Next {
         // Where an escaped message that the escaped reader does not take is unescaped.
         let mut scratch = String::new();
         let decoded = match &message {
             Received::Text(text) => incoming::decode(text, &self.limits.protocol),
-            Received::Escaped(escaped) => {
-                let last = lock(&self.last_caller);
-                incoming::decode_escaped_after(
-                    escaped.as_str(),
-                    &mut scratch,
-                    &self.limits.protocol,
-                    last.kite_text.as_deref(),
-                )
-            }
+            Received::Escaped(escaped) => incoming::decode_escaped_after(
+                escaped.as_str(),
+                &mut scratch,
+                &self.limits.protocol,
+                known.0.as_deref(),
+            ),
         };
         match decoded {
             Ok(incoming::Incoming::Callback(cb)) => self.dispatch_callback(cb),
             // By reference: the decoded values are large, and moving them costs copies.
-            Ok(incoming::Incoming::Call(mut call)) => self.dispatch_call(&mut call),
+            Ok(incoming::Incoming::Call(mut call)) => self.dispatch_call(&mut call, known),
             Err(e) => {
                 debug!(session = self.info.id(), "dropping message: {e}");
                 Next::Done
@@ -903,7 +895,11 @@ impl ConnShared {
         }))
     }
 
-    fn dispatch_call(self: &Arc<Self>, call: &mut incoming::IncomingCall<'_>) -> Next {
+    fn dispatch_call(
+        self: &Arc<Self>,
+        call: &mut incoming::IncomingCall<'_>,
+        known: &mut KnownKite,
+    ) -> Next {
         self.log_report(&call.report);
         if self.is_stopping.load(Ordering::Acquire) {
             // Shutting down: responses and callbacks are still read (in-flight handlers
@@ -921,7 +917,7 @@ impl ConnShared {
             return self.reply_error(rc, KiteError::method_not_found(&call.method));
         };
         let request = match &mut call.request {
-            Ok(r) => self.own_request(r, call.kite_text),
+            Ok(r) => self.own_request(r, call.kite_text, known),
             Err(e) => {
                 return match e.response_callback {
                     Some(rc) => self.reply_error(rc, e.to_kite_error()),
@@ -960,16 +956,17 @@ impl ConnShared {
         &self,
         r: &mut incoming::RequestRef<'_>,
         text: incoming::KiteText<'_>,
+        known: &mut KnownKite,
     ) -> Incoming {
         let mut last = lock(&self.last_caller);
         let caller = match (&last.kite, text) {
-            // The bytes of `last.kite_text`, which was read as `last.kite`.
+            // The bytes of `known`, which were read as `last.kite`.
             (Some(k), incoming::KiteText::Repeated) => k.clone(),
             (Some(k), text) if r.kite.matches(k) => {
                 let k = k.clone();
                 if let incoming::KiteText::Read(text) = text {
-                    if last.kite_text.as_deref() != Some(text) {
-                        last.kite_text = Some(text.into());
+                    if known.0.as_deref() != Some(text) {
+                        known.0 = Some(text.into());
                     }
                 }
                 k
@@ -977,7 +974,7 @@ impl ConnShared {
             _ => {
                 let k = Arc::new(r.kite.to_kite());
                 last.kite = Some(k.clone());
-                last.kite_text = None;
+                known.0 = None;
                 last.authenticated = None;
                 k
             }
@@ -1170,6 +1167,14 @@ impl ConnShared {
     }
 }
 
+/// The text of the identity object the peer's requests repeat: [`LastCaller::kite`] as its
+/// object is written in the escaped form of a SockJS frame, once a second request has
+/// brought it. Requests that repeat these bytes are not read again
+/// ([`incoming::decode_escaped_after`]). Kept by the read loop, the only one to decode;
+/// empty after one request alone, so that idle connections do not hold it.
+#[derive(Default)]
+struct KnownKite(Option<Box<str>>);
+
 /// A boxed future the read loop runs.
 type BoxedTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -1192,6 +1197,7 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
     // while no message is ready.
     let closed = conn.closed.cancelled();
     tokio::pin!(closed);
+    let mut known = KnownKite::default();
     loop {
         if conn.is_closed.load(Ordering::Acquire) {
             break;
@@ -1202,7 +1208,7 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
             _ = &mut closed => break,
         };
         let Some(message) = msg else { break };
-        match conn.dispatch(message) {
+        match conn.dispatch(message, &mut known) {
             Next::Done => {}
             Next::Handler(mut handler) => {
                 let pending = std::future::poll_fn(|cx| {
