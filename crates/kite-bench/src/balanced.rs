@@ -130,6 +130,19 @@ impl Caller for GovernedCaller {
     }
 }
 
+/// A client of the `balanced` table (`--clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ClientKind {
+    /// One `kite::Client` connection to one instance (the baseline).
+    Direct,
+    /// The default governance layers over that same connection.
+    Governed,
+    /// `dial_kites` with the default configuration (power of two choices).
+    P2c,
+    /// `dial_kites` with round robin.
+    RoundRobin,
+}
+
 /// The clients compared, in the order of the table.
 enum Variant {
     /// One `kite::Client` connection to one instance.
@@ -226,16 +239,31 @@ pub(crate) async fn balanced(plan: &Plan, findings: &mut Findings) -> anyhow::Re
         .next()
         .context("getKites found an instance")?;
     direct.dial().await.context("dial one instance")?;
-    let variants = [
-        Variant::Direct(direct.clone()),
-        Variant::GovernedSingle(GovernedClient::single(
-            &caller,
-            direct.clone(),
-            &ClientConfig::default(),
-        )),
-        Variant::Balanced(balanced_client(&caller, &query, Strategy::default()).await?),
-        Variant::RoundRobin(balanced_client(&caller, &query, Strategy::RoundRobin).await?),
-    ];
+    let mut variants = Vec::with_capacity(plan.clients.len());
+    for kind in [
+        ClientKind::Direct,
+        ClientKind::Governed,
+        ClientKind::P2c,
+        ClientKind::RoundRobin,
+    ] {
+        if !plan.clients.contains(&kind) {
+            continue;
+        }
+        variants.push(match kind {
+            ClientKind::Direct => Variant::Direct(direct.clone()),
+            ClientKind::Governed => Variant::GovernedSingle(GovernedClient::single(
+                &caller,
+                direct.clone(),
+                &ClientConfig::default(),
+            )),
+            ClientKind::P2c => {
+                Variant::Balanced(balanced_client(&caller, &query, Strategy::default()).await?)
+            }
+            ClientKind::RoundRobin => {
+                Variant::RoundRobin(balanced_client(&caller, &query, Strategy::RoundRobin).await?)
+            }
+        });
+    }
     let mut counts: Vec<usize> = plan.shapes.iter().map(|s| s.callers).collect();
     counts.dedup();
     let mut table = Table::new(&[

@@ -77,6 +77,10 @@ struct Cli {
     /// token target need all three, fewer only print progress lines (e.g. to profile one).
     #[arg(long, global = true, value_enum, value_delimiter = ',')]
     credentials: Option<Vec<rpc::AuthMode>>,
+    /// Clients of the `balanced` table (default direct,governed,p2c,round-robin); ratios
+    /// need `direct`, without it the rows print absolute figures only (e.g. to profile one).
+    #[arg(long, global = true, value_enum, value_delimiter = ',')]
+    clients: Option<Vec<balanced::ClientKind>>,
     /// Idle connection counts of the `memory` table (default 1000,5000).
     #[arg(long, global = true, value_delimiter = ',')]
     connections: Option<Vec<usize>>,
@@ -206,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<Findings> {
         wires: cli.wires,
         no_ceiling: cli.no_ceiling,
         credentials: cli.credentials,
+        clients: cli.clients,
         connections: cli.connections,
         kites: cli.kites,
         queries: cli.queries,

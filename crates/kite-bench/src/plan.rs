@@ -55,6 +55,8 @@ pub(crate) struct Plan {
     pub wires: Vec<crate::rpc::Wire>,
     /// Credentials of the `auth` table.
     pub credentials: Vec<crate::rpc::AuthMode>,
+    /// Clients of the `balanced` table.
+    pub clients: Vec<crate::balanced::ClientKind>,
     pub connections: Vec<usize>,
     pub kites: Vec<usize>,
     pub queries: usize,
@@ -75,6 +77,7 @@ pub(crate) struct Overrides {
     pub wires: Option<Vec<crate::rpc::Wire>>,
     pub no_ceiling: bool,
     pub credentials: Option<Vec<crate::rpc::AuthMode>>,
+    pub clients: Option<Vec<crate::balanced::ClientKind>>,
     pub connections: Option<Vec<usize>>,
     pub kites: Option<Vec<usize>>,
     pub queries: Option<usize>,
@@ -165,6 +168,15 @@ impl Plan {
             credentials: o.credentials.clone().unwrap_or_else(|| {
                 use crate::rpc::AuthMode;
                 vec![AuthMode::None, AuthMode::Token, AuthMode::KiteKey]
+            }),
+            clients: o.clients.clone().unwrap_or_else(|| {
+                use crate::balanced::ClientKind;
+                vec![
+                    ClientKind::Direct,
+                    ClientKind::Governed,
+                    ClientKind::P2c,
+                    ClientKind::RoundRobin,
+                ]
             }),
             connections: o.connections.clone().unwrap_or(connections),
             kites: o.kites.clone().unwrap_or(kites),
