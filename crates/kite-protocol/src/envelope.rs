@@ -343,6 +343,23 @@ macro_rules! syntax {
     }};
 }
 
+/// The keys of a request's options object that [`encode_request`] writes, in sorted order.
+/// Extra fields with these names are not written by the call encoders (the standard value
+/// wins).
+pub const STANDARD_OPTION_KEYS: [&str; 4] =
+    ["authentication", "kite", "responseCallback", "withArgs"];
+
+/// The `callbacks` of a call message.
+#[derive(Clone, Copy, Debug)]
+pub enum CallCallbacks<'a> {
+    /// Only the response callback, with this id: `{"<id>":[0,"responseCallback"]}`,
+    /// written without building a [`Callbacks`](crate::dnode::Callbacks) list.
+    Response(u64),
+    /// These callbacks: the response callback (path `[0,"responseCallback"]`) and the
+    /// functions of `withArgs` with paths from the root of `arguments`.
+    List(&'a crate::dnode::Callbacks),
+}
+
 /// The complete text of a call message, written in one pass without building the options
 /// object as a JSON tree. Byte for byte what [`encode_request`], then
 /// [`scrub`](crate::dnode::scrub) and [`Message::encode`](crate::dnode::Message::encode)
@@ -367,7 +384,8 @@ pub fn encode_call_message(
         kite_json,
         auth_json,
         with_args,
-        Tail::Callbacks(callbacks),
+        CallCallbacks::List(callbacks),
+        &Map::new(),
     )
 }
 
@@ -386,8 +404,40 @@ pub fn encode_plain_call_message(
         kite_json,
         auth_json,
         with_args,
-        Tail::Response(response_callback),
+        CallCallbacks::Response(response_callback),
+        &Map::new(),
     )
+}
+
+/// [`encode_call_message`] with extra `fields` in the options object next to `withArgs`
+/// (a call's `deadline`, `traceparent`, ...), still in one pass. Byte for byte what
+/// [`encode_request`] with the fields inserted into its options object, then
+/// [`scrub`](crate::dnode::scrub) and [`Message::encode`](crate::dnode::Message::encode)
+/// produce: every key in sorted order, fields named like a [`STANDARD_OPTION_KEYS`] left
+/// out. The fields are data: they are written as they are, never scrubbed for functions.
+///
+/// ```
+/// use kite_protocol::envelope::{encode_call_message_with_fields, kite_json, CallCallbacks};
+/// use kite_protocol::Kite;
+/// use serde_json::{json, Map};
+///
+/// let me = kite_json(&Kite { name: "client".into(), ..Default::default() });
+/// let mut fields = Map::new();
+/// fields.insert("deadline".into(), json!(1500));
+/// let text = encode_call_message_with_fields(
+///     "square", &me, None, &json!([4]), CallCallbacks::Response(1), &fields,
+/// );
+/// assert!(text.starts_with(r#"{"method":"square","arguments":[{"authentication":null,"deadline":1500,"kite":{"#));
+/// ```
+pub fn encode_call_message_with_fields(
+    method: &str,
+    kite_json: &str,
+    auth_json: Option<&str>,
+    with_args: &Value,
+    callbacks: CallCallbacks<'_>,
+    fields: &Map<String, Value>,
+) -> String {
+    plain_call(method, kite_json, auth_json, with_args, callbacks, fields)
 }
 
 /// [`encode_call_message`] in the escaped form a SockJS frame carries: the same message as
@@ -415,7 +465,14 @@ pub fn encode_call_message_escaped(
     with_args: &Value,
     callbacks: &crate::dnode::Callbacks,
 ) -> Escaped {
-    escaped_call(method, kite, auth, with_args, Tail::Callbacks(callbacks))
+    escaped_call(
+        method,
+        kite,
+        auth,
+        with_args,
+        CallCallbacks::List(callbacks),
+        &Map::new(),
+    )
 }
 
 /// [`encode_plain_call_message`] in the escaped form; see [`encode_call_message_escaped`].
@@ -431,8 +488,22 @@ pub fn encode_plain_call_message_escaped(
         kite,
         auth,
         with_args,
-        Tail::Response(response_callback),
+        CallCallbacks::Response(response_callback),
+        &Map::new(),
     )
+}
+
+/// [`encode_call_message_with_fields`] in the escaped form; see
+/// [`encode_call_message_escaped`].
+pub fn encode_call_message_with_fields_escaped(
+    method: &str,
+    kite: &Escaped,
+    auth: Option<&Escaped>,
+    with_args: &Value,
+    callbacks: CallCallbacks<'_>,
+    fields: &Map<String, Value>,
+) -> Escaped {
+    escaped_call(method, kite, auth, with_args, callbacks, fields)
 }
 
 /// A call message in the escaped form.
@@ -441,10 +512,11 @@ fn escaped_call(
     kite: &Escaped,
     auth: Option<&Escaped>,
     with_args: &Value,
-    tail: Tail<'_>,
+    callbacks: CallCallbacks<'_>,
+    fields: &Map<String, Value>,
 ) -> Escaped {
     let mut out = EscapedWriter::for_call(method, kite, auth);
-    call_message(&mut out, method, kite, auth, with_args, tail);
+    call_message(&mut out, method, kite, auth, with_args, callbacks, fields);
     out.finish()
 }
 
@@ -454,20 +526,15 @@ fn plain_call(
     kite_json: &str,
     auth_json: Option<&str>,
     with_args: &Value,
-    tail: Tail<'_>,
+    callbacks: CallCallbacks<'_>,
+    fields: &Map<String, Value>,
 ) -> String {
     let auth_len = auth_json.map_or(4, str::len);
     let mut out = String::with_capacity(method.len() + kite_json.len() + auth_len + 192);
-    call_message(&mut out, method, kite_json, auth_json, with_args, tail);
+    call_message(
+        &mut out, method, kite_json, auth_json, with_args, callbacks, fields,
+    );
     out
-}
-
-/// What ends a call message's `callbacks`.
-enum Tail<'a> {
-    /// Only the response callback, with this id.
-    Response(u64),
-    /// These callbacks.
-    Callbacks(&'a crate::dnode::Callbacks),
 }
 
 /// Writes a call message: `kite` and `auth` are in the writer's form.
@@ -477,29 +544,80 @@ fn call_message<W: Writer + ?Sized>(
     kite: &W::Piece,
     auth: Option<&W::Piece>,
     with_args: &Value,
-    tail: Tail<'_>,
+    callbacks: CallCallbacks<'_>,
+    fields: &Map<String, Value>,
 ) {
     w.syntax(syntax!("{\"method\":"));
     w.name(method);
-    w.syntax(syntax!(",\"arguments\":[{\"authentication\":"));
-    match auth {
-        Some(auth) => w.piece(auth),
-        None => w.syntax(syntax!("null")),
+    w.syntax(syntax!(",\"arguments\":[{"));
+    if fields.is_empty() {
+        // The usual call: the standard keys alone.
+        w.syntax(syntax!("\"authentication\":"));
+        match auth {
+            Some(auth) => w.piece(auth),
+            None => w.syntax(syntax!("null")),
+        }
+        w.syntax(syntax!(",\"kite\":"));
+        w.piece(kite);
+        w.syntax(syntax!(
+            ",\"responseCallback\":\"[Function]\",\"withArgs\":"
+        ));
+        w.plain(|out| crate::dnode::write_json_value(out, with_args));
+    } else {
+        // Extra fields go between the standard keys, in sorted key order as the options
+        // tree (a `BTreeMap`) would write them.
+        let mut sorted = Vec::new();
+        let extra: &mut dyn Iterator<Item = (&String, &Value)> = if fields.keys().is_sorted() {
+            &mut fields.iter()
+        } else {
+            sorted.extend(fields.iter());
+            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            &mut sorted.iter().copied()
+        };
+        let mut extra = extra
+            .filter(|(k, _)| !STANDARD_OPTION_KEYS.contains(&k.as_str()))
+            .peekable();
+        let mut first = true;
+        let mut fields_before = |w: &mut W, key: Option<&str>| {
+            while let Some((k, v)) = extra.next_if(|(k, _)| key.is_none_or(|key| k.as_str() < key))
+            {
+                if !first {
+                    w.syntax(syntax!(","));
+                }
+                first = false;
+                w.name(k);
+                w.syntax(syntax!(":"));
+                w.plain(|out| crate::dnode::write_json_value(out, v));
+            }
+            if key.is_some() && !first {
+                w.syntax(syntax!(","));
+            }
+            first = false;
+        };
+        fields_before(w, Some("authentication"));
+        w.syntax(syntax!("\"authentication\":"));
+        match auth {
+            Some(auth) => w.piece(auth),
+            None => w.syntax(syntax!("null")),
+        }
+        fields_before(w, Some("kite"));
+        w.syntax(syntax!("\"kite\":"));
+        w.piece(kite);
+        fields_before(w, Some("responseCallback"));
+        w.syntax(syntax!("\"responseCallback\":\"[Function]\""));
+        fields_before(w, Some("withArgs"));
+        w.syntax(syntax!("\"withArgs\":"));
+        w.plain(|out| crate::dnode::write_json_value(out, with_args));
+        fields_before(w, None);
     }
-    w.syntax(syntax!(",\"kite\":"));
-    w.piece(kite);
-    w.syntax(syntax!(
-        ",\"responseCallback\":\"[Function]\",\"withArgs\":"
-    ));
-    w.plain(|out| crate::dnode::write_json_value(out, with_args));
     w.syntax(syntax!("}],\"callbacks\":"));
-    match tail {
-        Tail::Response(id) => {
+    match callbacks {
+        CallCallbacks::Response(id) => {
             w.syntax(syntax!("{\""));
             w.number(id);
             w.syntax(syntax!("\":[0,\"responseCallback\"]}}"));
         }
-        Tail::Callbacks(callbacks) => {
+        CallCallbacks::List(callbacks) => {
             w.plain(|out| callbacks.encode_into(out));
             w.syntax(syntax!("}"));
         }
@@ -976,6 +1094,144 @@ mod tests {
         assert_eq!(
             encode_response_message_escaped(3, Ok(&result), &callbacks),
             Escaped::new(&plain)
+        );
+    }
+
+    #[test]
+    fn one_pass_messages_with_fields_match_the_tree_encoding() {
+        use crate::dnode::{scrub, Callbacks, Message, Method};
+        let kite = Kite {
+            username: "a\"b".into(),
+            name: "n".into(),
+            ..Default::default()
+        };
+        // Keys before, between and after every standard key, and standard names (ignored).
+        let field_sets: Vec<Vec<(&str, Value)>> = vec![
+            vec![],
+            vec![("deadline", json!(1500))],
+            vec![
+                ("deadline", json!(29999)),
+                (
+                    "traceparent",
+                    json!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                ),
+            ],
+            vec![
+                ("Zed", json!(null)),
+                ("_x", json!([1, {"k\"": "v\u{2028}"}])),
+                ("authentication", json!("ignored")),
+                ("b", json!(true)),
+                ("kite", json!({"forged": 1})),
+                ("kitf", json!(-2.5)),
+                ("responseCallback", json!(7)),
+                ("withArgs", json!([])),
+                ("withArgt", json!({})),
+                ("zz", json!("end")),
+            ],
+            vec![("zz", json!(1))],
+            vec![("A", json!(1))],
+        ];
+        for auth in [None, Some(Authentication::new("token", "j\\w\nt"))] {
+            for set in &field_sets {
+                let fields: Map<String, Value> = set
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect();
+                let with_args = vec![json!(4), json!({"f": function_marker(1)})];
+                let mut tree = encode_request(&kite, auth.as_ref(), with_args.clone(), 0);
+                if let Some(Value::Object(options)) = tree.get_mut(0) {
+                    for (k, v) in &fields {
+                        if !STANDARD_OPTION_KEYS.contains(&k.as_str()) {
+                            options.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                let mut next = 5;
+                let scrubbed = scrub(&mut tree, &mut next);
+                let expected = Message::new(
+                    Method::Name("square".into()),
+                    tree,
+                    Callbacks::from_scrubbed(&scrubbed),
+                )
+                .encode();
+                let mut wa = Value::Array(with_args);
+                let mut next = 6;
+                let mut cbs = Callbacks::new();
+                cbs.push(5, vec![0.into(), "responseCallback".into()]);
+                for s in scrub(&mut wa, &mut next) {
+                    let mut path = vec![0.into(), "withArgs".into()];
+                    path.extend(s.path);
+                    cbs.push(s.id, path);
+                }
+                let kite_text = kite_json(&kite);
+                let auth_text = auth.as_ref().map(authentication_json);
+                let got = encode_call_message_with_fields(
+                    "square",
+                    &kite_text,
+                    auth_text.as_deref(),
+                    &wa,
+                    CallCallbacks::List(&cbs),
+                    &fields,
+                );
+                assert_eq!(got, expected, "fields {set:?}");
+                serde_json::from_str::<Value>(&got).expect("valid JSON");
+                let got = encode_call_message_with_fields_escaped(
+                    "square",
+                    &Escaped::new(&kite_text),
+                    auth_text.as_deref().map(Escaped::new).as_ref(),
+                    &wa,
+                    CallCallbacks::List(&cbs),
+                    &fields,
+                );
+                assert_eq!(got, Escaped::new(&expected), "fields {set:?}");
+
+                // Only the response callback.
+                let plain = Value::Array(vec![json!(4)]);
+                let mut tree = encode_request(&kite, auth.as_ref(), vec![json!(4)], 0);
+                if let Some(Value::Object(options)) = tree.get_mut(0) {
+                    for (k, v) in &fields {
+                        if !STANDARD_OPTION_KEYS.contains(&k.as_str()) {
+                            options.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                let mut next = 9;
+                let scrubbed = scrub(&mut tree, &mut next);
+                let expected = Message::new(
+                    Method::Name("square".into()),
+                    tree,
+                    Callbacks::from_scrubbed(&scrubbed),
+                )
+                .encode();
+                let got = encode_call_message_with_fields(
+                    "square",
+                    &kite_text,
+                    auth_text.as_deref(),
+                    &plain,
+                    CallCallbacks::Response(9),
+                    &fields,
+                );
+                assert_eq!(got, expected, "fields {set:?}");
+            }
+        }
+        // Fields are data: a function marker in one is written as the string it is.
+        let mut fields = Map::new();
+        fields.insert("s".into(), json!(function_marker(0)));
+        let text = encode_call_message_with_fields(
+            "m",
+            &kite_json(&kite),
+            None,
+            &json!([]),
+            CallCallbacks::Response(1),
+            &fields,
+        );
+        assert!(
+            text.contains(r#""s":"\u0000kite-fn:0","withArgs""#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(r#""callbacks":{"1":[0,"responseCallback"]}}"#),
+            "{text}"
         );
     }
 

@@ -44,11 +44,9 @@ use kite_sockjs::session::{
 
 /// Extra keys of a request's options object, sent next to `withArgs` (e.g. a deadline or
 /// a W3C `traceparent`). Go and kite.js peers ignore keys they do not know; our server
-/// hands them to handlers as [`Request::envelope_field`].
+/// hands them to handlers as [`Request::envelope_field`]. They are data: functions are
+/// passed in the arguments, not here (a function marker in a field is sent as a string).
 pub type EnvelopeFields = serde_json::Map<String, Value>;
-
-/// The standard keys of a request's options object (PROTOCOL.md 4.1).
-const STANDARD_KEYS: [&str; 4] = ["kite", "authentication", "withArgs", "responseCallback"];
 
 /// A local callback registered on a connection.
 pub(crate) enum LocalCallback {
@@ -508,39 +506,9 @@ impl ConnShared {
         }
         let (tx, rx) = oneshot::channel();
         // The response callback's id (unused here: the sweeper frees it at the deadline).
-        let _response_id = match fields {
-            None => Some(
-                self.send_call(method, with_args, tx, functions, deadline)
-                    .await?,
-            ),
-            Some(fields) => {
-                let mut locals = Vec::with_capacity(functions.len() + 1);
-                locals.push(LocalCallback::Response(tx));
-                locals.extend(functions.into_iter().map(LocalCallback::User));
-                // Rare: extra options keys go through the generic tree encoding.
-                let identity = self.core.identity();
-                let auth = self.cached_auth().map(|a| {
-                    envelope::Authentication::new(a.auth.kind.as_str(), a.auth.key.as_str())
-                });
-                let mut arguments =
-                    envelope::encode_request(&identity, auth.as_ref(), with_args, 0);
-                if let Some(Value::Object(options)) = arguments.get_mut(0) {
-                    for (k, v) in fields {
-                        if !STANDARD_KEYS.contains(&k.as_str()) {
-                            options.insert(k, v);
-                        }
-                    }
-                }
-                self.send_message_ids(
-                    Method::Name(method.to_string()),
-                    arguments,
-                    locals,
-                    deadline,
-                )
-                .await?
-            }
-        }
-        .ok_or_else(|| KiteError::send("response callback was not registered"))?;
+        let _response_id = self
+            .send_call(method, with_args, tx, functions, fields.as_ref(), deadline)
+            .await?;
         let Ok(outcome) = rx.await else {
             // The response callback was dropped: by the sweeper at the deadline, or when
             // the connection ended.
@@ -623,15 +591,17 @@ impl ConnShared {
     }
 
     /// Sends a call of `method` in one pass (no options tree): the cached identity and
-    /// credential JSON are spliced into the message. `response` gets the outcome; function
-    /// markers in `with_args` are numbered from 1 (0 is the response callback): marker `n`
-    /// is `functions[n - 1]`. Returns the response callback's id.
+    /// credential JSON are spliced into the message, with `fields` (extra options keys) if
+    /// any. `response` gets the outcome; function markers in `with_args` are numbered from
+    /// 1 (0 is the response callback): marker `n` is `functions[n - 1]`. Returns the
+    /// response callback's id.
     async fn send_call(
         &self,
         method: &str,
         with_args: Vec<Value>,
         response: oneshot::Sender<Result<Value, KiteError>>,
         functions: Vec<Function>,
+        fields: Option<&EnvelopeFields>,
         deadline: Option<Instant>,
     ) -> Result<u64, KiteError> {
         if self.is_closed.load(Ordering::Acquire) {
@@ -688,38 +658,30 @@ impl ConnShared {
         };
         let ident = self.core.cached_identity();
         let auth = self.cached_auth();
+        let callbacks = match &callbacks {
+            None => envelope::CallCallbacks::Response(response_id),
+            Some(callbacks) => envelope::CallCallbacks::List(callbacks),
+        };
+        let none = EnvelopeFields::new();
+        let fields = fields.unwrap_or(&none);
         let text = if self.escaped {
-            let auth = auth.as_deref().map(|a| &a.escaped);
-            Encoded::Escaped(match &callbacks {
-                None => envelope::encode_plain_call_message_escaped(
-                    method,
-                    &ident.escaped,
-                    auth,
-                    &with_args,
-                    response_id,
-                ),
-                Some(callbacks) => envelope::encode_call_message_escaped(
-                    method,
-                    &ident.escaped,
-                    auth,
-                    &with_args,
-                    callbacks,
-                ),
-            })
+            Encoded::Escaped(envelope::encode_call_message_with_fields_escaped(
+                method,
+                &ident.escaped,
+                auth.as_deref().map(|a| &a.escaped),
+                &with_args,
+                callbacks,
+                fields,
+            ))
         } else {
-            let auth = auth.as_deref().map(|a| &*a.json);
-            Encoded::Plain(match &callbacks {
-                None => envelope::encode_plain_call_message(
-                    method,
-                    &ident.json,
-                    auth,
-                    &with_args,
-                    response_id,
-                ),
-                Some(callbacks) => {
-                    envelope::encode_call_message(method, &ident.json, auth, &with_args, callbacks)
-                }
-            })
+            Encoded::Plain(envelope::encode_call_message_with_fields(
+                method,
+                &ident.json,
+                auth.as_deref().map(|a| &*a.json),
+                &with_args,
+                callbacks,
+                fields,
+            ))
         };
         if self.send_encoded(text).await.is_err() {
             self.unregister(&registered);
