@@ -106,22 +106,38 @@ impl TraceContext {
 
     /// The `traceparent` value (version `00`).
     pub fn to_traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, self.trace_id, 32);
+        out.push('-');
+        push_hex(&mut out, u128::from(self.span_id), 16);
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
     }
 
     /// The trace id as 32 lowercase hex characters.
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        let mut out = String::with_capacity(32);
+        push_hex(&mut out, self.trace_id, 32);
+        out
     }
 
     /// The span id as 16 lowercase hex characters.
     pub fn span_id_hex(&self) -> String {
-        format!("{:016x}", self.span_id)
+        let mut out = String::with_capacity(16);
+        push_hex(&mut out, u128::from(self.span_id), 16);
+        out
+    }
+}
+
+/// Appends the low `digits` hex digits of `v` (lowercase, zero-padded): what
+/// `format!("{v:0digits$x}")` writes for a `v` that fits, without the formatting
+/// machinery (a `traceparent` is written for every call).
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        let nibble = (v >> (4 * i)) & 0xf;
+        out.push(char::from(HEX[nibble as usize]));
     }
 }
 
@@ -213,6 +229,41 @@ mod tests {
             TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-zz")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn hex_matches_the_formatter() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for i in 0..2000 {
+            let mut trace_id = (u128::from(next()) << 64) | u128::from(next());
+            let mut span_id = next();
+            // Small ids too (leading zeros).
+            if i % 3 == 0 {
+                trace_id >>= i % 128;
+                span_id >>= i % 64;
+            }
+            let t = TraceContext {
+                trace_id: trace_id.max(1),
+                span_id: span_id.max(1),
+                sampled: i % 2 == 0,
+            };
+            let expected = format!(
+                "00-{:032x}-{:016x}-{:02x}",
+                t.trace_id,
+                t.span_id,
+                u8::from(t.sampled)
+            );
+            assert_eq!(t.to_traceparent(), expected);
+            assert_eq!(TraceContext::parse(&expected), Some(t));
+            assert_eq!(t.trace_id_hex(), format!("{:032x}", t.trace_id));
+            assert_eq!(t.span_id_hex(), format!("{:016x}", t.span_id));
+        }
     }
 
     #[tokio::test]

@@ -34,12 +34,15 @@ use crate::server::Callers;
 fn link(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
     let ctx = otel::link(span, parent)
         .unwrap_or_else(|| parent.map_or_else(TraceContext::new_root, |p| p.child()));
-    span.record("trace_id", ctx.trace_id_hex());
-    span.record("span_id", ctx.span_id_hex());
-    span.record(
-        "parent_span_id",
-        parent.map(|p| p.span_id_hex()).unwrap_or_default(),
-    );
+    // The ids are formatted only for a span some subscriber records.
+    if !span.is_disabled() {
+        span.record("trace_id", ctx.trace_id_hex());
+        span.record("span_id", ctx.span_id_hex());
+        span.record(
+            "parent_span_id",
+            parent.map(|p| p.span_id_hex()).unwrap_or_default(),
+        );
+    }
     ctx
 }
 
