@@ -17,7 +17,7 @@ use futures_util::Stream;
 use kite::{Kite, KiteError};
 use serde::Serialize;
 use serde_json::Value;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::balance::{Balancer, BalancerConfig, Change};
 use crate::breaker::{BreakerConfig, BreakerLayer};
@@ -114,30 +114,38 @@ impl ClientConfig {
 
     /// Composes the layers over `bottom`.
     pub fn layer(&self, bottom: CallService) -> CallService {
-        let mut svc = bottom;
-        if let Some(b) = &self.breaker {
+        self.stack(bottom)
+    }
+
+    /// Composes the layers over `bottom` as one concrete service, boxed once at the top:
+    /// cloning the stack (once per call, and by retries per attempt) then copies one
+    /// value instead of allocating a box per layer, and only the top future is boxed
+    /// twice.
+    pub(crate) fn stack<S>(&self, bottom: S) -> CallService
+    where
+        S: Service<Call, Response = Value, Error = KiteError> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        let breaker = self.breaker.as_ref().map(|b| {
             let mut l = BreakerLayer::new(b.clone());
             if let Some(m) = &self.metrics {
                 l = l.with_metrics(m);
             }
-            svc = CallService::new(l.layer(svc));
-        }
-        if let Some(r) = &self.retry {
+            l
+        });
+        let retry = self.retry.as_ref().map(|r| {
             let mut l = RetryLayer::new(r.clone());
             if let Some(m) = &self.metrics {
                 l = l.with_metrics(m);
             }
-            svc = CallService::new(l.layer(svc));
-        }
-        let mut d = DeadlineLayer::new(self.timeout);
+            l
+        });
+        let mut deadline = DeadlineLayer::new(self.timeout);
         for (m, t) in &self.method_timeouts {
-            d = d.method(m, *t);
+            deadline = deadline.method(m, *t);
         }
-        svc = CallService::new(d.layer(svc));
-        if let Some(m) = &self.metrics {
-            svc = CallService::new(ClientMetricsLayer::new(m).layer(svc));
-        }
-        if !self.fallbacks.is_empty() {
+        let metrics = self.metrics.as_ref().map(ClientMetricsLayer::new);
+        let fallback = (!self.fallbacks.is_empty()).then(|| {
             let mut l = FallbackLayer::new();
             if let Some(t) = &self.fallback_triggers {
                 l = l.triggers(t.iter().cloned());
@@ -148,12 +156,19 @@ impl ClientConfig {
             for (m, f) in &self.fallbacks {
                 l = l.method(m, f.clone());
             }
-            svc = CallService::new(l.layer(svc));
-        }
-        if self.tracing {
-            svc = CallService::new(ClientTraceLayer::new().layer(svc));
-        }
-        svc
+            l
+        });
+        let tracing = self.tracing.then(ClientTraceLayer::new);
+        // Outermost first.
+        let stack = ServiceBuilder::new()
+            .option_layer(tracing)
+            .option_layer(fallback)
+            .option_layer(metrics)
+            .layer(deadline)
+            .option_layer(retry)
+            .option_layer(breaker)
+            .service(bottom);
+        CallService::new(stack)
     }
 }
 
@@ -194,7 +209,11 @@ impl GovernedClient {
             None => Route::new(&me, "unknown", "unknown"),
         };
         let bottom = KiteService::client(client).with_default_timeout(config.balancer.call_timeout);
-        GovernedClient::new(route, CallService::new(bottom), config)
+        GovernedClient {
+            svc: config.stack(bottom),
+            route,
+            balancer: None,
+        }
     }
 
     /// Governs calls made by `local` to the instances of the kite named `to` in cluster
@@ -217,7 +236,7 @@ impl GovernedClient {
         );
         balancer.follow(changes);
         GovernedClient {
-            svc: config.layer(CallService::new(balancer.clone())),
+            svc: config.stack(balancer.clone()),
             route,
             balancer: Some(balancer),
         }
