@@ -203,6 +203,22 @@ fn simple_number(b: &[u8]) -> Option<Value> {
     }
 }
 
+/// The contents of a JSON string with nothing to unescape (a `traceparent`, an id): in
+/// the escaped form (`E`) quoted `\"...\"`, else `"..."`, with no backslash, quote or
+/// control character inside. Such contents are the string's value in both forms; anything
+/// else is `None` (left to `serde_json`).
+fn plain_string<const E: bool>(raw: &str) -> Option<&str> {
+    let inner = if E {
+        raw.strip_prefix("\\\"")?.strip_suffix("\\\"")?
+    } else {
+        raw.strip_prefix('"')?.strip_suffix('"')?
+    };
+    if inner.bytes().any(|b| b == b'\\' || b == b'"' || b < 0x20) {
+        return None;
+    }
+    Some(inner)
+}
+
 /// `[n,n,...]` of [`simple_number`]s, compact (the arguments of most calls).
 fn number_array(b: &[u8]) -> Option<Value> {
     let inner = b.strip_prefix(b"[")?.strip_suffix(b"]")?;
@@ -528,6 +544,9 @@ impl<'a, const E: bool> Scanner<'a, E> {
         let start = self.i;
         self.skip_value()?;
         let raw = self.text.get(start..self.i)?;
+        if let Some(s) = plain_string::<E>(raw) {
+            return Some(Value::String(s.to_owned()));
+        }
         if E && raw.contains('\\') {
             // Quotes escaped (the only escapes `skip_value` lets through here): parsed once
             // they are plain.
@@ -1235,6 +1254,38 @@ mod tests {
         assert_eq!(number_array(b"[ 1]"), None);
         assert_eq!(simple_number(b"-0"), None);
         assert_eq!(simple_number(b"0.1"), Some(serde_json::json!(0.1)));
+    }
+
+    #[test]
+    fn plain_strings_read_as_serde_json_reads_them() {
+        for text in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "é ü \u{2028} 日本",
+            "a\"b",
+            "a\\b",
+            "tab\there",
+            "\u{0}kite-fn:1",
+            "\u{7f}",
+        ] {
+            let json = serde_json::to_string(text).expect("a string serialises");
+            let expected: Value = serde_json::from_str(&json).expect("and parses");
+            if let Some(s) = plain_string::<false>(&json) {
+                assert_eq!(Value::String(s.into()), expected, "{json}");
+            }
+            let escaped = crate::sockjs::Escaped::new(&json);
+            if let Some(s) = plain_string::<true>(escaped.as_str()) {
+                assert_eq!(Value::String(s.into()), expected, "{json}");
+            }
+        }
+        // What it takes and what it leaves to serde_json.
+        assert_eq!(plain_string::<false>(r#""abc""#), Some("abc"));
+        assert_eq!(plain_string::<true>(r#"\"abc\""#), Some("abc"));
+        assert_eq!(plain_string::<false>(r#""a\"b""#), None);
+        assert_eq!(plain_string::<true>(r#"\"a\\nb\""#), None);
+        assert_eq!(plain_string::<false>("\"a\u{1}\""), None);
+        assert_eq!(plain_string::<false>("\""), None);
+        assert_eq!(plain_string::<false>("12"), None);
     }
 
     #[test]
