@@ -515,7 +515,7 @@ fn escaped_call(
     callbacks: CallCallbacks<'_>,
     fields: &Map<String, Value>,
 ) -> Escaped {
-    let mut out = EscapedWriter::for_call(method, kite, auth);
+    let mut out = EscapedWriter::for_call(method, kite, auth, fields.len());
     call_message(&mut out, method, kite, auth, with_args, callbacks, fields);
     out.finish()
 }
@@ -530,7 +530,8 @@ fn plain_call(
     fields: &Map<String, Value>,
 ) -> String {
     let auth_len = auth_json.map_or(4, str::len);
-    let mut out = String::with_capacity(method.len() + kite_json.len() + auth_len + 192);
+    let mut out =
+        String::with_capacity(method.len() + kite_json.len() + auth_len + 192 + 80 * fields.len());
     call_message(
         &mut out, method, kite_json, auth_json, with_args, callbacks, fields,
     );
@@ -587,7 +588,7 @@ fn call_message<W: Writer + ?Sized>(
                 first = false;
                 w.name(k);
                 w.syntax(syntax!(":"));
-                w.plain(|out| crate::dnode::write_json_value(out, v));
+                w.value(v);
             }
             if key.is_some() && !first {
                 w.syntax(syntax!(","));
@@ -701,6 +702,14 @@ trait Writer {
     fn name(&mut self, s: &str) {
         self.plain(|out| crate::dnode::write_json_string(out, s));
     }
+    /// Any JSON value (an extra field's).
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::String(s) => self.name(s),
+            Value::Number(n) if n.is_u64() => self.number(n.as_u64().unwrap_or_default()),
+            _ => self.plain(|out| crate::dnode::write_json_value(out, v)),
+        }
+    }
 }
 
 impl Writer for String {
@@ -732,9 +741,11 @@ impl EscapedWriter {
         }
     }
 
-    fn for_call(method: &str, kite: &Escaped, auth: Option<&Escaped>) -> Self {
+    /// Room for a call message with `fields` extra fields of the usual size (a
+    /// `traceparent` takes 80 bytes escaped with its key) without growing.
+    fn for_call(method: &str, kite: &Escaped, auth: Option<&Escaped>, fields: usize) -> Self {
         let auth_len = auth.map_or(4, Escaped::len);
-        Self::with_capacity(2 * method.len() + kite.len() + auth_len + 256)
+        Self::with_capacity(2 * method.len() + kite.len() + auth_len + 256 + 96 * fields)
     }
 
     fn finish(self) -> Escaped {
