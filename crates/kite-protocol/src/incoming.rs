@@ -84,9 +84,25 @@ pub struct IncomingCall<'a> {
     pub report: UnscrubReport,
     /// How the request's `kite` object was read (see [`decode_escaped_after`]).
     pub kite_text: KiteText<'a>,
+    /// How the request's `authentication` object was read (see [`decode_escaped_known`]):
+    /// [`KiteText::Repeated`] leaves [`RequestRef::authentication`] `None`, the credential
+    /// being the previous request's; only an object (not `null`) is [`KiteText::Read`].
+    pub authentication_text: KiteText<'a>,
 }
 
-/// How a request's `kite` object was read by [`decode_escaped_after`].
+/// The texts of a connection's previous request that the next may repeat byte for byte
+/// (see [`decode_escaped_known`]): its `kite` and `authentication` objects as they were
+/// written in the escaped form (their [`KiteText::Read`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'p> {
+    /// The previous `kite` object.
+    pub kite: Option<&'p str>,
+    /// The previous `authentication` object.
+    pub authentication: Option<&'p str>,
+}
+
+/// How a request's `kite` (or `authentication`) object was read by
+/// [`decode_escaped_after`] or [`decode_escaped_known`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KiteText<'a> {
     /// Read the general way: nothing to remember.
@@ -307,6 +323,7 @@ pub fn decode<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>, Dec
             request: Ok(request),
             report,
             kite_text: KiteText::Unknown,
+            authentication_text: KiteText::Unknown,
         }));
     }
     if let Some(callback) = scanned_response::<false>(text, limits) {
@@ -403,14 +420,59 @@ pub fn decode_escaped_after<'a>(
     limits: &'a Limits,
     previous_kite: Option<&str>,
 ) -> Result<Incoming<'a>, DecodeError> {
-    if let Some((method, request, report, kite_text)) =
-        scan::request_after::<true>(escaped, limits, previous_kite)
+    let known = Known {
+        kite: previous_kite,
+        authentication: None,
+    };
+    decode_escaped_known(escaped, scratch, limits, known)
+}
+
+/// [`decode_escaped_after`] told both the `kite` and the `authentication` object of the
+/// connection's previous request (each its [`KiteText::Read`]). A credential repeated byte
+/// for byte (a token travels with every call, and is most of the request) is passed over
+/// too: [`IncomingCall::authentication_text`] is [`KiteText::Repeated`] and
+/// [`RequestRef::authentication`] is `None` (the caller reuses the previous credential).
+///
+/// ```
+/// use kite_protocol::dnode::Limits;
+/// use kite_protocol::envelope::{authentication_json, encode_plain_call_message, kite_json, Authentication};
+/// use kite_protocol::incoming::{self, Incoming, KiteText, Known};
+/// use kite_protocol::sockjs::Escaped;
+/// use kite_protocol::Kite;
+/// use serde_json::json;
+///
+/// let me = kite_json(&Kite { name: "client".into(), ..Default::default() });
+/// let token = authentication_json(&Authentication::new("token", "eyJhbGciOi.x.y"));
+/// let call = |n| Escaped::new(&encode_plain_call_message("square", &me, Some(&token), &json!([n]), n));
+/// let (first, second) = (call(4), call(5));
+/// let (limits, mut scratch) = (Limits::default(), String::new());
+/// let Incoming::Call(c) = incoming::decode_escaped(first.as_str(), &mut scratch, &limits)
+///     .unwrap() else { panic!("a call") };
+/// let KiteText::Read(auth) = c.authentication_text else { panic!("read") };
+/// assert_eq!(c.request.unwrap().authentication.unwrap().kind, "token");
+/// let known = Known { kite: None, authentication: Some(auth) };
+/// let mut scratch = String::new();
+/// let Incoming::Call(next) =
+///     incoming::decode_escaped_known(second.as_str(), &mut scratch, &limits, known)
+///         .unwrap() else { panic!("a call") };
+/// assert_eq!(next.authentication_text, KiteText::Repeated);
+/// assert!(next.request.unwrap().authentication.is_none());
+/// ```
+pub fn decode_escaped_known<'a>(
+    escaped: &'a str,
+    scratch: &'a mut String,
+    limits: &'a Limits,
+    known: Known<'_>,
+) -> Result<Incoming<'a>, DecodeError> {
+    if let Some((method, request, report, texts)) =
+        scan::request_after::<true>(escaped, limits, known)
     {
         return Ok(Incoming::Call(IncomingCall {
             method: Cow::Borrowed(method),
             request: Ok(request),
             report,
-            kite_text,
+            kite_text: texts.kite,
+            authentication_text: texts.authentication,
         }));
     }
     if let Some(callback) = scanned_response::<true>(escaped, limits) {
@@ -439,6 +501,7 @@ fn decode_general<'a>(text: &'a str, limits: &'a Limits) -> Result<Incoming<'a>,
                                 request: Ok(request),
                                 report,
                                 kite_text: KiteText::Unknown,
+                                authentication_text: KiteText::Unknown,
                             }));
                         }
                     }
@@ -490,6 +553,7 @@ fn from_parts<'a>(
                 request: Ok(request),
                 report,
                 kite_text: KiteText::Unknown,
+                authentication_text: KiteText::Unknown,
             }));
         }
     }
@@ -517,6 +581,7 @@ fn from_parts<'a>(
         request,
         report,
         kite_text: KiteText::Unknown,
+        authentication_text: KiteText::Unknown,
     }))
 }
 

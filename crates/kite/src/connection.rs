@@ -759,16 +759,19 @@ impl ConnShared {
     /// Decodes and routes one incoming message without awaiting: responses are delivered
     /// here; anything that has to wait is returned as a boxed future, so the read loop's
     /// own future stays small while the connection is idle.
-    fn dispatch(self: &Arc<Self>, message: Received, known: &mut KnownKite) -> Next {
+    fn dispatch(self: &Arc<Self>, message: Received, known: &mut KnownTexts) -> Next {
         // Where an escaped message that the escaped reader does not take is unescaped.
         let mut scratch = String::new();
         let decoded = match &message {
             Received::Text(text) => incoming::decode(text, &self.limits.protocol),
-            Received::Escaped(escaped) => incoming::decode_escaped_after(
+            Received::Escaped(escaped) => incoming::decode_escaped_known(
                 escaped.as_str(),
                 &mut scratch,
                 &self.limits.protocol,
-                known.0.as_deref(),
+                incoming::Known {
+                    kite: known.kite.as_deref(),
+                    authentication: known.authentication.as_deref(),
+                },
             ),
         };
         match decoded {
@@ -860,7 +863,7 @@ impl ConnShared {
     fn dispatch_call(
         self: &Arc<Self>,
         call: &mut incoming::IncomingCall<'_>,
-        known: &mut KnownKite,
+        known: &mut KnownTexts,
     ) -> Next {
         self.log_report(&call.report);
         if self.is_stopping.load(Ordering::Acquire) {
@@ -879,7 +882,7 @@ impl ConnShared {
             return self.reply_error(rc, KiteError::method_not_found(&call.method));
         };
         let request = match &mut call.request {
-            Ok(r) => self.own_request(r, call.kite_text, known),
+            Ok(r) => self.own_request(r, call.kite_text, call.authentication_text, known),
             Err(e) => {
                 return match e.response_callback {
                     Some(rc) => self.reply_error(rc, e.to_kite_error()),
@@ -918,7 +921,8 @@ impl ConnShared {
         &self,
         r: &mut incoming::RequestRef<'_>,
         text: incoming::KiteText<'_>,
-        known: &mut KnownKite,
+        auth_text: incoming::KiteText<'_>,
+        known: &mut KnownTexts,
     ) -> Incoming {
         let mut last = lock(&self.last_caller);
         let caller = match (&last.kite, text) {
@@ -927,8 +931,8 @@ impl ConnShared {
             (Some(k), text) if r.kite.matches(k) => {
                 let k = k.clone();
                 if let incoming::KiteText::Read(text) = text {
-                    if known.0.as_deref() != Some(text) {
-                        known.0 = Some(text.into());
+                    if known.kite.as_deref() != Some(text) {
+                        known.kite = Some(text.into());
                     }
                 }
                 k
@@ -936,19 +940,32 @@ impl ConnShared {
             _ => {
                 let k = Arc::new(r.kite.to_kite());
                 last.kite = Some(k.clone());
-                known.0 = None;
+                known.kite = None;
                 last.authenticated = None;
                 k
             }
         };
-        let auth = r.authentication.take().map(|a| match &last.auth {
-            Some(cached) if cached.kind == a.kind && cached.key == a.key => cached.clone(),
-            _ => {
-                let fresh = Arc::new(Auth::new(a.kind, a.key));
-                last.auth = Some(fresh.clone());
-                fresh
-            }
-        });
+        let auth = match auth_text {
+            // The bytes of `known.authentication`, which were read as `last.auth`.
+            incoming::KiteText::Repeated => last.auth.clone(),
+            text => r.authentication.take().map(|a| match &last.auth {
+                Some(cached) if cached.kind == a.kind && cached.key == a.key => {
+                    // Brought again: its text is worth keeping to pass it over next time.
+                    if let incoming::KiteText::Read(text) = text {
+                        if known.authentication.as_deref() != Some(text) {
+                            known.authentication = Some(text.into());
+                        }
+                    }
+                    cached.clone()
+                }
+                _ => {
+                    let fresh = Arc::new(Auth::new(a.kind, a.key));
+                    last.auth = Some(fresh.clone());
+                    known.authentication = None;
+                    fresh
+                }
+            }),
+        };
         Incoming {
             caller,
             auth,
@@ -1129,13 +1146,17 @@ impl ConnShared {
     }
 }
 
-/// The text of the identity object the peer's requests repeat: [`LastCaller::kite`] as its
-/// object is written in the escaped form of a SockJS frame, once a second request has
-/// brought it. Requests that repeat these bytes are not read again
-/// ([`incoming::decode_escaped_after`]). Kept by the read loop, the only one to decode;
-/// empty after one request alone, so that idle connections do not hold it.
+/// The texts of the identity and credential objects the peer's requests repeat:
+/// [`LastCaller::kite`] and [`LastCaller::auth`] as their objects are written in the
+/// escaped form of a SockJS frame, once a second request has brought them. Requests that
+/// repeat these bytes are not read again ([`incoming::decode_escaped_known`]). Kept by the
+/// read loop, the only one to decode; empty after one request alone, so that idle
+/// connections do not hold them.
 #[derive(Default)]
-struct KnownKite(Option<Box<str>>);
+struct KnownTexts {
+    kite: Option<Box<str>>,
+    authentication: Option<Box<str>>,
+}
 
 /// A boxed future the read loop runs.
 type BoxedTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -1159,7 +1180,7 @@ async fn read_loop(conn: Arc<ConnShared>, mut rx: SessionReceiver) {
     // while no message is ready.
     let closed = conn.closed.cancelled();
     tokio::pin!(closed);
-    let mut known = KnownKite::default();
+    let mut known = KnownTexts::default();
     loop {
         if conn.is_closed.load(Ordering::Acquire) {
             break;

@@ -407,6 +407,39 @@ async fn caller_identity_and_credentials(sockjs: bool) {
             Some("key-bob"),
             json!(["bob", "b", "bob", "2", "key-bob"]),
         ),
+        // The same credential again (over SockJS: passed over, not read again), across a
+        // request without one.
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "2", "key-bob"]),
+        ),
+        (
+            "whoOpen",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            None,
+            json!(["claimed", "b", "claimed", "2", null]),
+        ),
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "2", "key-bob"]),
+        ),
+        // A credential that shares the known one's first bytes is another.
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bobby"),
+            json!(["bobby", "b", "bobby", "2", "key-bobby"]),
+        ),
+        (
+            "who",
+            json!({"name": "b", "username": "claimed", "id": "2"}),
+            Some("key-bob"),
+            json!(["bob", "b", "bob", "2", "key-bob"]),
+        ),
     ];
     for (i, (method, kite, key, want)) in cases.into_iter().enumerate() {
         let rc = i as u64;
@@ -420,6 +453,20 @@ async fn caller_identity_and_credentials(sockjs: bool) {
         .await;
     let m = peer.next().await;
     assert_eq!(m["arguments"][0]["error"]["type"], "authenticationError");
+    // Repeated, the rejected key is still rejected; then a good one is accepted again.
+    let bad = || call(51, "who", json!({"name": "b"}), Some("bad"));
+    peer.send(&bad()).await;
+    let m = peer.next().await;
+    assert_eq!(m["arguments"][0]["error"]["type"], "authenticationError");
+    peer.send(&bad()).await;
+    let m = peer.next().await;
+    assert_eq!(m["arguments"][0]["error"]["type"], "authenticationError");
+    for rc in [52, 53] {
+        peer.send(&call(rc, "who", json!({"name": "b"}), Some("key-carol")))
+            .await;
+        let m = peer.next().await;
+        assert_eq!(m["arguments"][0]["result"][0], "carol", "{m}");
+    }
     served.handle.shutdown();
 }
 

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::{AuthenticationRef, KiteRef, KiteText, RequestRef};
+use super::{AuthenticationRef, KiteRef, KiteText, Known, RequestRef};
 use crate::dnode::{parse_callback_marker, Limits, UnscrubReport};
 use crate::error::KiteError;
 use crate::sockjs::{first_byte, unescape_run_end, unescape_stops, word_at};
@@ -30,20 +30,32 @@ pub(super) fn request<'a, const E: bool>(
     text: &'a str,
     limits: &Limits,
 ) -> Option<(&'a str, RequestRef<'a>, UnscrubReport)> {
-    request_after::<E>(text, limits, None).map(|(method, r, report, _)| (method, r, report))
+    request_after::<E>(text, limits, Known::default())
+        .map(|(method, r, report, _)| (method, r, report))
 }
 
-/// [`request`], told the `kite` object of the connection's previous request as it was
-/// written in this form (`known_kite`, not empty): an identical one is passed over instead
-/// of read ([`KiteText::Repeated`], `kite` left empty); another is read, and its text
-/// returned in the escaped form ([`KiteText::Read`]; only when `E`).
+/// How the `kite` and `authentication` objects of a request were read.
+#[derive(Debug, Default)]
+pub(super) struct Texts<'a> {
+    pub kite: KiteText<'a>,
+    pub authentication: KiteText<'a>,
+}
+
+/// [`request`], told the `kite` and `authentication` objects of the connection's previous
+/// request as they were written in this form (`known`, not empty): an identical one is
+/// passed over instead of read ([`KiteText::Repeated`]; `kite` left empty, `authentication`
+/// `None`); another is read, and its text returned in the escaped form ([`KiteText::Read`];
+/// only when `E`, and for `authentication` only an object, not `null`).
 pub(super) fn request_after<'a, const E: bool>(
     text: &'a str,
     limits: &Limits,
-    known_kite: Option<&str>,
-) -> Option<(&'a str, RequestRef<'a>, UnscrubReport, KiteText<'a>)> {
-    let known_kite = known_kite.filter(|k| E && !k.is_empty());
-    let mut kite_text = KiteText::Unknown;
+    known: Known<'_>,
+) -> Option<(&'a str, RequestRef<'a>, UnscrubReport, Texts<'a>)> {
+    let known = Known {
+        kite: known.kite.filter(|k| E && !k.is_empty()),
+        authentication: known.authentication.filter(|k| E && !k.is_empty()),
+    };
+    let mut texts = Texts::default();
     let mut method = None;
     // Filled in place (a large value, not to be moved through every layer); made only
     // when `arguments` is met, so a response costs nothing here.
@@ -57,7 +69,7 @@ pub(super) fn request_after<'a, const E: bool>(
             "arguments" if options.is_none() => {
                 s.expect(b'[')?;
                 let r = out.insert(RequestRef::default());
-                options = Some(s.options(r, known_kite, &mut kite_text)?);
+                options = Some(s.options(r, known, &mut texts)?);
                 s.expect(b']')?;
             }
             "callbacks" if callbacks.is_none() => callbacks = Some(s.callbacks(limits)?),
@@ -82,7 +94,7 @@ pub(super) fn request_after<'a, const E: bool>(
         Some(other) => vec![other],
     };
     out.response_callback = response_callback;
-    Some((method, out, report, kite_text))
+    Some((method, out, report, texts))
 }
 
 /// The response `{"method":7,"arguments":[{"error":...,"result":...}],"callbacks":{}}`
@@ -458,8 +470,8 @@ impl<'a, const E: bool> Scanner<'a, E> {
     fn options(
         &mut self,
         r: &mut RequestRef<'a>,
-        known_kite: Option<&str>,
-        kite_text: &mut KiteText<'a>,
+        known: Known<'_>,
+        texts: &mut Texts<'a>,
     ) -> Option<Options<'a>> {
         let mut o = Options::default();
         // A repeated key replaces the earlier value, as in the general decoder.
@@ -469,16 +481,16 @@ impl<'a, const E: bool> Scanner<'a, E> {
                     s.ws();
                     let start = s.i;
                     let rest = s.text.get(start..)?;
-                    match known_kite {
+                    match known.kite {
                         // The same bytes as a value read before: the same value.
                         Some(known) if rest.starts_with(known) => {
                             s.i += known.len();
                             r.kite = KiteRef::default();
-                            *kite_text = KiteText::Repeated;
+                            texts.kite = KiteText::Repeated;
                         }
                         _ => {
                             s.kite(&mut r.kite)?;
-                            *kite_text = if E {
+                            texts.kite = if E {
                                 KiteText::Read(s.text.get(start..s.i)?)
                             } else {
                                 KiteText::Unknown
@@ -486,7 +498,27 @@ impl<'a, const E: bool> Scanner<'a, E> {
                         }
                     }
                 }
-                "authentication" => r.authentication = s.authentication()?,
+                "authentication" => {
+                    s.ws();
+                    let start = s.i;
+                    let rest = s.text.get(start..)?;
+                    match known.authentication {
+                        // The credential of the previous request, byte for byte (a token
+                        // is most of a request): passed over.
+                        Some(known) if rest.starts_with(known) => {
+                            s.i += known.len();
+                            r.authentication = None;
+                            texts.authentication = KiteText::Repeated;
+                        }
+                        _ => {
+                            r.authentication = s.authentication()?;
+                            texts.authentication = match &r.authentication {
+                                Some(_) if E => KiteText::Read(s.text.get(start..s.i)?),
+                                _ => KiteText::Unknown,
+                            };
+                        }
+                    }
+                }
                 "withArgs" => o.with_args = Some(s.value()?),
                 "responseCallback" => {
                     s.ws();
@@ -1200,6 +1232,149 @@ mod tests {
             call.request.map(|r| r.kite.name.into_owned()),
             Ok("n".to_string())
         );
+    }
+
+    /// `decode_escaped_known(escaped, known authentication)` is `decode_escaped(escaped)`,
+    /// except that an `authentication` object with the bytes of `known` is passed over
+    /// (left `None`), in which case what `decode_escaped` read there must be `credential`
+    /// (what `known` was read as). Returns whether it was passed over.
+    fn check_known_auth(
+        escaped: &str,
+        known: &str,
+        credential: &(String, String),
+        limits: &Limits,
+    ) -> bool {
+        let (mut s1, mut s2) = (String::new(), String::new());
+        let plain = super::super::decode_escaped(escaped, &mut s1, limits);
+        let k = Known {
+            kite: None,
+            authentication: Some(known),
+        };
+        let after = super::super::decode_escaped_known(escaped, &mut s2, limits, k);
+        match (plain, after) {
+            (Ok(Incoming::Call(mut p)), Ok(Incoming::Call(a)))
+                if a.authentication_text == KiteText::Repeated =>
+            {
+                let read = p
+                    .request
+                    .as_mut()
+                    .ok()
+                    .and_then(|r| r.authentication.take());
+                let read = read.map(|a| (a.kind.into_owned(), a.key.into_owned()));
+                assert_eq!(read.as_ref(), Some(credential), "{escaped}");
+                assert!(
+                    matches!(&a.request, Ok(r) if r.authentication.is_none()),
+                    "{escaped}"
+                );
+                assert_eq!(
+                    summary(Ok(Incoming::Call(p))),
+                    summary(Ok(Incoming::Call(a))),
+                    "{escaped}"
+                );
+                true
+            }
+            (p, a) => {
+                assert_eq!(summary(p), summary(a), "{escaped}");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn passes_over_a_repeated_credential_and_reads_the_rest_alike() {
+        let limits = Limits::default();
+        let mut rng = Rng(0x5eed_1234_abcd_0005);
+        let mut known: Option<(String, (String, String))> = None;
+        let (mut itself, mut repeated) = (0, 0);
+        for round in 0..10_000 {
+            let text = generated(&mut rng);
+            let Ok(compact) = serde_json::from_str::<Value>(&text).map(|v| v.to_string()) else {
+                continue;
+            };
+            let escaped = Escaped::new(&compact);
+            let e = escaped.as_str();
+            if let Some((k, credential)) = &known {
+                if check_known_auth(e, k, credential, &limits) {
+                    repeated += 1;
+                }
+                for _ in 0..2 {
+                    let m = mutated(&mut rng, e, &['\\', '"', '{', '}', ',', ':', 'x']);
+                    check_known_auth(&m, k, credential, &limits);
+                }
+            }
+            let mut scratch = String::new();
+            let Ok(Incoming::Call(call)) = super::super::decode_escaped(e, &mut scratch, &limits)
+            else {
+                continue;
+            };
+            let text = call.authentication_text;
+            let credential = match (&call.request, text) {
+                (Ok(r), KiteText::Read(_)) => {
+                    // Never `Read` without an object (`null` included).
+                    assert!(r.authentication.is_some(), "round {round}: {e}");
+                    r.authentication
+                        .as_ref()
+                        .map(|a| (a.kind.to_string(), a.key.to_string()))
+                }
+                _ => None,
+            };
+            let (KiteText::Read(k), Some(credential)) = (text, credential) else {
+                continue;
+            };
+            // The request itself, told its own credential: passed over.
+            assert!(
+                check_known_auth(e, k, &credential, &limits),
+                "round {round}: {e}"
+            );
+            itself += 1;
+            known = Some((k.to_owned(), credential));
+        }
+        assert!(itself > 1_000, "{itself}");
+        assert!(repeated > 0, "{repeated}");
+        // `null` is read, never remembered; an empty `known` is never a match.
+        let mut scratch = String::new();
+        let with_null = Escaped::new(
+            r#"{"method":"a","arguments":[{"authentication":null,"withArgs":[1]}],"callbacks":{}}"#,
+        );
+        let k = Known {
+            kite: None,
+            authentication: Some(""),
+        };
+        let Ok(Incoming::Call(call)) =
+            super::super::decode_escaped_known(with_null.as_str(), &mut scratch, &limits, k)
+        else {
+            panic!("a call");
+        };
+        assert_eq!(call.authentication_text, KiteText::Unknown);
+        // The bytes of a credential followed by more of the object are not the credential.
+        let first = Escaped::new(
+            r#"{"method":"a","arguments":[{"authentication":{"type":"token","key":"k"},"withArgs":[1]}],"callbacks":{}}"#,
+        );
+        let mut scratch = String::new();
+        let Ok(Incoming::Call(call)) =
+            super::super::decode_escaped(first.as_str(), &mut scratch, &limits)
+        else {
+            panic!("a call");
+        };
+        let KiteText::Read(k) = call.authentication_text else {
+            panic!("read");
+        };
+        let k = k.to_owned();
+        let longer = Escaped::new(
+            r#"{"method":"a","arguments":[{"authentication":{"type":"token","key":"k2"},"withArgs":[1]}],"callbacks":{}}"#,
+        );
+        assert!(!check_known_auth(
+            longer.as_str(),
+            &k,
+            &("token".into(), "k".into()),
+            &limits
+        ));
+        assert!(check_known_auth(
+            first.as_str(),
+            &k,
+            &("token".into(), "k".into()),
+            &limits
+        ));
     }
 
     #[test]
