@@ -1169,11 +1169,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn passes_over_a_repeated_kite_object_and_reads_the_rest_alike() {
+    /// 10,000 generated requests in their escaped form: each, and two mutations of it, is
+    /// checked with `check` against what the previous request left to remember (`check`
+    /// says whether the object was passed over); `remember` gives the object a request's
+    /// decoding read (its escaped text, and what it was read as), which must be passed over
+    /// when the request is told itself. Returns (requests told themselves, passed over).
+    fn repeated_objects<T>(
+        seed: u64,
+        check: impl Fn(&str, &str, &T, &Limits) -> bool,
+        remember: impl Fn(&super::super::IncomingCall<'_>) -> Option<(String, T)>,
+    ) -> (usize, usize) {
         let limits = Limits::default();
-        let mut rng = Rng(0x5eed_1234_abcd_0003);
-        let mut known: Option<(String, KiteRef<'static>)> = None;
+        let mut rng = Rng(seed);
+        let mut known: Option<(String, T)> = None;
         let (mut itself, mut repeated) = (0, 0);
         for round in 0..10_000 {
             let text = generated(&mut rng);
@@ -1182,14 +1190,14 @@ mod tests {
             };
             let escaped = Escaped::new(&compact);
             let e = escaped.as_str();
-            if let Some((k, kite)) = &known {
-                // Another request, and mutations of it, told the previous request's kite.
-                if check_after(e, k, kite, &limits) {
+            if let Some((k, t)) = &known {
+                // Another request, and mutations of it, told the previous request's object.
+                if check(e, k, t, &limits) {
                     repeated += 1;
                 }
                 for _ in 0..2 {
                     let m = mutated(&mut rng, e, &['\\', '"', '{', '}', ',', ':', 'x']);
-                    check_after(&m, k, kite, &limits);
+                    check(&m, k, t, &limits);
                 }
             }
             let mut scratch = String::new();
@@ -1197,8 +1205,23 @@ mod tests {
             else {
                 continue;
             };
-            let (KiteText::Read(k), Ok(r)) = (call.kite_text, &call.request) else {
+            let Some((k, t)) = remember(&call) else {
                 continue;
+            };
+            // The request itself, told its own object: passed over.
+            assert!(check(e, &k, &t, &limits), "round {round}: {e}");
+            itself += 1;
+            known = Some((k, t));
+        }
+        (itself, repeated)
+    }
+
+    #[test]
+    fn passes_over_a_repeated_kite_object_and_reads_the_rest_alike() {
+        let limits = Limits::default();
+        let (itself, repeated) = repeated_objects(0x5eed_1234_abcd_0003, check_after, |call| {
+            let (KiteText::Read(k), Ok(r)) = (call.kite_text, &call.request) else {
+                return None;
             };
             let kite = KiteRef {
                 username: Cow::Owned(r.kite.username.to_string()),
@@ -1209,11 +1232,8 @@ mod tests {
                 hostname: Cow::Owned(r.kite.hostname.to_string()),
                 id: Cow::Owned(r.kite.id.to_string()),
             };
-            // The request itself, told its own kite: passed over.
-            assert!(check_after(e, k, &kite, &limits), "round {round}: {e}");
-            itself += 1;
-            known = Some((k.to_owned(), kite));
-        }
+            Some((k.to_owned(), kite))
+        });
         assert!(itself > 1_000, "{itself}");
         // The generator repeats identities now and then (e.g. `null`).
         assert!(repeated > 0, "{repeated}");
@@ -1283,52 +1303,15 @@ mod tests {
     #[test]
     fn passes_over_a_repeated_credential_and_reads_the_rest_alike() {
         let limits = Limits::default();
-        let mut rng = Rng(0x5eed_1234_abcd_0005);
-        let mut known: Option<(String, (String, String))> = None;
-        let (mut itself, mut repeated) = (0, 0);
-        for round in 0..10_000 {
-            let text = generated(&mut rng);
-            let Ok(compact) = serde_json::from_str::<Value>(&text).map(|v| v.to_string()) else {
-                continue;
+        let seed = 0x5eed_1234_abcd_0005;
+        let (itself, repeated) = repeated_objects(seed, check_known_auth, |call| {
+            let (KiteText::Read(k), Ok(r)) = (call.authentication_text, &call.request) else {
+                return None;
             };
-            let escaped = Escaped::new(&compact);
-            let e = escaped.as_str();
-            if let Some((k, credential)) = &known {
-                if check_known_auth(e, k, credential, &limits) {
-                    repeated += 1;
-                }
-                for _ in 0..2 {
-                    let m = mutated(&mut rng, e, &['\\', '"', '{', '}', ',', ':', 'x']);
-                    check_known_auth(&m, k, credential, &limits);
-                }
-            }
-            let mut scratch = String::new();
-            let Ok(Incoming::Call(call)) = super::super::decode_escaped(e, &mut scratch, &limits)
-            else {
-                continue;
-            };
-            let text = call.authentication_text;
-            let credential = match (&call.request, text) {
-                (Ok(r), KiteText::Read(_)) => {
-                    // Never `Read` without an object (`null` included).
-                    assert!(r.authentication.is_some(), "round {round}: {e}");
-                    r.authentication
-                        .as_ref()
-                        .map(|a| (a.kind.to_string(), a.key.to_string()))
-                }
-                _ => None,
-            };
-            let (KiteText::Read(k), Some(credential)) = (text, credential) else {
-                continue;
-            };
-            // The request itself, told its own credential: passed over.
-            assert!(
-                check_known_auth(e, k, &credential, &limits),
-                "round {round}: {e}"
-            );
-            itself += 1;
-            known = Some((k.to_owned(), credential));
-        }
+            // Never `Read` without an object (`null` included).
+            let a = r.authentication.as_ref().expect("read: an object");
+            Some((k.to_owned(), (a.kind.to_string(), a.key.to_string())))
+        });
         assert!(itself > 1_000, "{itself}");
         assert!(repeated > 0, "{repeated}");
         // `null` is read, never remembered; an empty `known` is never a match.
