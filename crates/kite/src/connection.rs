@@ -555,39 +555,21 @@ impl ConnShared {
         arguments: Vec<Value>,
         locals: Vec<LocalCallback>,
     ) -> Result<(), KiteError> {
-        self.send_message_ids(method, Value::Array(arguments), locals, None)
-            .await
-            .map(|_| ())
-    }
-
-    /// Like `send_message`; returns the id given to the response callback, if any.
-    /// `arguments` is the message's arguments array; function markers inside index
-    /// `locals`.
-    async fn send_message_ids(
-        &self,
-        method: Method,
-        mut arguments: Value,
-        locals: Vec<LocalCallback>,
-        deadline: Option<Instant>,
-    ) -> Result<Option<u64>, KiteError> {
         if self.is_closed.load(Ordering::Acquire) {
             return Err(KiteError::send("can't send, connection is closed"));
         }
-        let (callbacks, registered, response_id) = {
+        let mut arguments = Value::Array(arguments);
+        let (callbacks, registered) = {
             let mut table = lock(&self.table);
             let scrubbed = dnode::scrub(&mut arguments, &mut table.next_id);
-            let r = self.register(&mut table, scrubbed, locals)?;
-            if let Some(id) = r.2 {
-                self.track_deadline(&mut table, id, deadline);
-            }
-            r
+            self.register(&mut table, scrubbed, locals)?
         };
         let text = Message::new(method, arguments, callbacks).encode();
         if self.sender.send(text).await.is_err() {
             self.unregister(&registered);
             return Err(KiteError::send("can't send, session is closed"));
         }
-        Ok(response_id)
+        Ok(())
     }
 
     /// Sends a call of `method` in one pass (no options tree): the cached identity and
@@ -651,7 +633,7 @@ impl ConnShared {
                 let mut locals = Vec::with_capacity(functions.len() + 1);
                 locals.push(LocalCallback::Response(response));
                 locals.extend(functions.into_iter().map(LocalCallback::User));
-                let (callbacks, registered, _) = self.register(&mut table, scrubbed, locals)?;
+                let (callbacks, registered) = self.register(&mut table, scrubbed, locals)?;
                 self.track_deadline(&mut table, response_id, deadline);
                 (response_id, Some(callbacks), registered)
             }
@@ -692,18 +674,16 @@ impl ConnShared {
     }
 
     /// Registers the local callbacks of an outgoing message in `table`: `scrubbed` (in id
-    /// order) index `locals`. Returns the message's `callbacks`, the registered ids and
-    /// the response callback's id.
+    /// order) index `locals`. Returns the message's `callbacks` and the registered ids.
     fn register(
         &self,
         table: &mut Table,
         scrubbed: Vec<dnode::ScrubbedFunction>,
         locals: Vec<LocalCallback>,
-    ) -> Result<(Callbacks, Vec<u64>, Option<u64>), KiteError> {
+    ) -> Result<(Callbacks, Vec<u64>), KiteError> {
         let mut locals: Vec<Option<LocalCallback>> = locals.into_iter().map(Some).collect();
         let mut callbacks = Callbacks::new();
         let mut registered = Vec::with_capacity(scrubbed.len());
-        let mut response_id = None;
         {
             for s in scrubbed {
                 let cb = match locals.get_mut(s.marker) {
@@ -729,7 +709,6 @@ impl ConnShared {
                             )));
                         }
                         table.pending += 1;
-                        response_id = Some(id);
                     }
                     LocalCallback::User(_) => {
                         table.user_order.push_back(id);
@@ -746,7 +725,7 @@ impl ConnShared {
                 callbacks.push(id, s.path);
             }
         }
-        Ok((callbacks, registered, response_id))
+        Ok((callbacks, registered))
     }
 
     fn unregister(&self, ids: &[u64]) {
@@ -1115,9 +1094,7 @@ impl ConnShared {
                     other => other,
                 };
                 match registered {
-                    Ok((callbacks, registered, _)) => {
-                        (response(Ok(&value), &callbacks), registered)
-                    }
+                    Ok((callbacks, registered)) => (response(Ok(&value), &callbacks), registered),
                     Err(e) => {
                         debug!(session = self.info.id(), "cannot send response: {e}");
                         return None;
